@@ -1,0 +1,213 @@
+//! Copy-up (the kernel's copy_up.c): build the upper copy in `W/work` with
+//! data, owner, mode, times and xattrs, sync it, then rename it into place,
+//! so a crash leaves either no copy or a whole one.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use log::warn;
+
+use crate::layer::Layer;
+use crate::node::Node;
+use crate::sys::{self, Stat};
+use crate::{errno, Errno, OvlFs, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyUp {
+    /// Copy the file's contents too.
+    Data,
+    /// The caller truncates to zero right after: skip the data.
+    NoData,
+}
+
+const CHUNK: usize = 8 << 20;
+
+/// Copies `size` bytes from `src` to `dst`, keeping holes: reflink first,
+/// then copy_file_range over each data extent, then read/write.
+pub fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off = 0u64;
+    let mut use_cfr = true;
+    while off < size {
+        let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(_) => off,
+        };
+        let end = match sys::lseek(src, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(size),
+            Err(_) => size,
+        };
+        let mut pos = data;
+        while pos < end {
+            let want = ((end - pos) as usize).min(CHUNK);
+            let n = if use_cfr {
+                match sys::copy_file_range(src, pos, dst, pos, want) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                        ) =>
+                    {
+                        use_cfr = false;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                copy_by_read(src, dst, pos, want)?
+            };
+            if n == 0 {
+                break;
+            }
+            pos += n as u64;
+        }
+        off = end.max(off + 1);
+    }
+    sys::ftruncate(dst, size)
+}
+
+fn copy_by_read(src: BorrowedFd, dst: BorrowedFd, pos: u64, want: usize) -> io::Result<usize> {
+    let mut buf = vec![0u8; want.min(1 << 20)];
+    let n = sys::pread(src, &mut buf, pos)?;
+    let mut done = 0;
+    while done < n {
+        done += sys::pwrite(dst, &buf[done..n], pos + done as u64)?;
+    }
+    Ok(n)
+}
+
+impl OvlFs {
+    /// Makes sure `node` (and every parent) exists in the upper layer.
+    pub fn copy_up(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
+        if node.has_upper() {
+            return Ok(());
+        }
+        self.upper()?;
+        let parent = node.parent().ok_or(Errno(libc::ENOENT))?;
+        self.copy_up(&parent, CopyUp::Data)?;
+        let _guard = node.copy_up_lock.lock();
+        if node.has_upper() {
+            return Ok(());
+        }
+        let (lower, lpath) = self.real(node)?;
+        let st = lower.stat(&lpath)?;
+        let path = self.path_of(node)?;
+        let (pfd, name) = self.upper_parent(&path)?;
+        let pst = sys::fstatat(pfd.as_fd(), c".")?;
+        let work = self.work()?;
+        let tmp = self.tmp_name();
+        let res = self.build_copy(lower, &lpath, &st, work, &tmp, how);
+        let upper_ino = match res.and_then(|()| Ok(sys::fstatat(work.as_fd(), &tmp)?.st_ino)) {
+            Ok(ino) => ino,
+            Err(e) => {
+                remove_tmp(work, &tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &name, sys::RENAME_NOREPLACE) {
+            remove_tmp(work, &tmp);
+            return Err(e.into());
+        }
+        // A copy-up is no change of the parent: keep its times as they were.
+        let t = |s: i64, n: i64| (s, n);
+        let _ = sys::utimensat(
+            pfd.as_fd(),
+            c".",
+            [t(pst.st_atime, pst.st_atime_nsec), t(pst.st_mtime, pst.st_mtime_nsec)],
+        );
+        self.sync_dir(&pfd);
+        self.copied.insert(upper_ino, node.ino);
+        node.set_upper();
+        Ok(())
+    }
+
+    fn build_copy(&self, lower: &Layer, lpath: &[u8], st: &Stat, work: &OwnedFd, tmp: &CStr, how: CopyUp) -> Result<()> {
+        let w = work.as_fd();
+        let kind = st.st_mode & libc::S_IFMT;
+        match kind {
+            libc::S_IFDIR => sys::mkdirat(w, tmp, 0o700)?,
+            libc::S_IFREG => {
+                let dst = sys::openat(w, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                if how == CopyUp::Data && st.st_size > 0 {
+                    let src = lower.open_file(lpath, libc::O_RDONLY, 0)?;
+                    copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                }
+                if self.fsync_enabled() {
+                    sys::fsync(dst.as_fd(), false)?;
+                }
+            }
+            libc::S_IFLNK => {
+                let target = lower.readlink(lpath)?;
+                sys::symlinkat(&crate::layer::to_c(&target)?, w, tmp)?;
+            }
+            _ => sys::mknodat(w, tmp, kind | 0o600, st.st_rdev)?,
+        }
+        self.copy_xattrs(lower, lpath, w, tmp)?;
+        sys::fchownat(w, tmp, st.st_uid, st.st_gid)?;
+        if kind != libc::S_IFLNK {
+            sys::fchmodat(w, tmp, st.st_mode & 0o7777)?;
+        }
+        sys::utimensat(w, tmp, [(st.st_atime, st.st_atime_nsec), (st.st_mtime, st.st_mtime_nsec)])?;
+        Ok(())
+    }
+
+    /// Copies every xattr but the private overlay ones.
+    fn copy_xattrs(&self, lower: &Layer, lpath: &[u8], w: BorrowedFd, tmp: &CStr) -> Result<()> {
+        let names = match lower.listxattr(lpath) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for n in names {
+            if !self.xn.copy_up_keeps(&n) {
+                continue;
+            }
+            let c = sys::cstr(&n)?;
+            let Some(v) = lower.try_getxattr(lpath, &c)? else { continue };
+            if let Err(e) = sys::setxattr(w, tmp, &c, &v, 0) {
+                // The upper may not take every namespace (security.*, system.*).
+                if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM)) {
+                    warn!("copy-up: xattr {:?} not copied: {e}", n);
+                    continue;
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a whiteout (char 0/0) named `tmp` in the work dir.
+    pub fn make_whiteout_tmp(&self) -> Result<std::ffi::CString> {
+        let work = self.work()?;
+        let tmp = self.tmp_name();
+        sys::mknodat(work.as_fd(), &tmp, libc::S_IFCHR, 0)?;
+        Ok(tmp)
+    }
+}
+
+pub fn remove_tmp(work: &OwnedFd, tmp: &CStr) {
+    if sys::unlinkat(work.as_fd(), tmp, 0).is_err() {
+        if let Ok(sub) = sys::open_beneath(work.as_fd(), tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            let _ = crate::ovl::clean_dir(&sub);
+        }
+        let _ = sys::unlinkat(work.as_fd(), tmp, libc::AT_REMOVEDIR);
+    }
+}
+
+/// Not a directory error helper for callers that need a dir.
+pub fn need_dir(node: &Node) -> Result<()> {
+    if node.is_dir() {
+        Ok(())
+    } else {
+        errno(libc::ENOTDIR)
+    }
+}

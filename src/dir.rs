@@ -1,0 +1,357 @@
+//! Namespace operations (the kernel's dir.c): create, link, unlink, rmdir and
+//! rename, with whiteouts and opaque dirs in the kernel's format.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::config::RedirectDir;
+use crate::copy_up::{remove_tmp, CopyUp};
+use crate::format;
+use crate::layer::{join, to_c};
+use crate::node::{Found, Node};
+use crate::ovl::clean_dir;
+use crate::sys::{self, Stat};
+use crate::{errno, Errno, OvlFs, Result};
+
+/// The caller's ids: new objects belong to them.
+#[derive(Debug, Clone, Copy)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to create.
+#[derive(Debug, Clone, Copy)]
+pub enum NewObj<'a> {
+    Dir(u32),
+    File(u32),
+    Special(u32, u64),
+    Symlink(&'a CStr),
+}
+
+fn is_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+impl OvlFs {
+    /// Checks that `name` is free in the merged view, copies the parent up,
+    /// and tells whether the upper holds a whiteout there.
+    fn prepare_create(&self, parent: &Arc<Node>, name: &OsStr) -> Result<(Vec<u8>, bool)> {
+        if self.read_only() {
+            return errno(libc::EROFS);
+        }
+        if self.lookup_found(parent, name)?.is_some() {
+            return errno(libc::EEXIST);
+        }
+        self.copy_up(parent, CopyUp::Data)?;
+        let path = join(&self.path_of(parent)?, name);
+        let over_whiteout = match self.upper()?.try_stat(&path)? {
+            Some(st) if format::is_whiteout(&st) => true,
+            Some(_) => return errno(libc::EEXIST),
+            None => false,
+        };
+        Ok((path, over_whiteout))
+    }
+
+    fn make_obj(dir: BorrowedFd, name: &CStr, obj: NewObj) -> Result<()> {
+        match obj {
+            NewObj::Dir(mode) => sys::mkdirat(dir, name, mode & 0o7777)?,
+            NewObj::File(mode) => {
+                drop(sys::openat(dir, name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, mode & 0o7777)?);
+            }
+            NewObj::Special(mode, rdev) => sys::mknodat(dir, name, mode, rdev)?,
+            NewObj::Symlink(target) => sys::symlinkat(target, dir, name)?,
+        }
+        Ok(())
+    }
+
+    /// Gives a new object to the caller, keeping the set-id bits asked for.
+    fn set_owner(dir: BorrowedFd, name: &CStr, obj: NewObj, c: Creds) -> Result<()> {
+        let st = sys::fstatat(dir, name)?;
+        let dir_sgid = sys::fstatat(dir, c".")?.st_mode & libc::S_ISGID != 0;
+        let gid = if dir_sgid { st.st_gid } else { c.gid };
+        if st.st_uid != c.uid || st.st_gid != gid {
+            sys::fchownat(dir, name, c.uid, gid)?;
+        }
+        let want = match obj {
+            NewObj::Dir(m) => (m & 0o7777) | (st.st_mode & libc::S_ISGID),
+            NewObj::File(m) | NewObj::Special(m, _) => m & 0o7777,
+            NewObj::Symlink(_) => return Ok(()),
+        };
+        if sys::fstatat(dir, name)?.st_mode & 0o7777 != want {
+            sys::fchmodat(dir, name, want)?;
+        }
+        Ok(())
+    }
+
+    fn set_opaque(&self, dir: BorrowedFd, name: &CStr) -> Result<()> {
+        sys::setxattr(dir, name, &self.xn.opaque, b"y", 0)?;
+        Ok(())
+    }
+
+    /// mkdir, mknod, symlink and the create half of create(2).
+    pub fn create_object(&self, parent: &Arc<Node>, name: &OsStr, obj: NewObj, c: Creds) -> Result<(Arc<Node>, Stat)> {
+        if let NewObj::Special(mode, rdev) = obj {
+            // char 0/0 is the whiteout and is reserved.
+            if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                return errno(libc::EPERM);
+            }
+        }
+        let (path, over_whiteout) = self.prepare_create(parent, name)?;
+        let (pfd, cname) = self.upper_parent(&path)?;
+        let dir = matches!(obj, NewObj::Dir(_));
+        let parent_merged = !parent.state.read().lowers.is_empty();
+        let opaque = dir && (over_whiteout || (parent_merged && self.cfg.redirect_dir == RedirectDir::On));
+        if over_whiteout {
+            let work = self.work()?;
+            let tmp = self.tmp_name();
+            let build = || -> Result<()> {
+                Self::make_obj(work.as_fd(), &tmp, obj)?;
+                Self::set_owner(work.as_fd(), &tmp, obj, c)?;
+                if opaque {
+                    self.set_opaque(work.as_fd(), &tmp)?;
+                }
+                if dir {
+                    sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &cname, sys::RENAME_EXCHANGE)?;
+                    sys::unlinkat(work.as_fd(), &tmp, 0)?;
+                } else {
+                    sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &cname, 0)?;
+                }
+                Ok(())
+            };
+            if let Err(e) = build() {
+                remove_tmp(work, &tmp);
+                return Err(e);
+            }
+        } else {
+            Self::make_obj(pfd.as_fd(), &cname, obj)?;
+            let finish = || -> Result<()> {
+                Self::set_owner(pfd.as_fd(), &cname, obj, c)?;
+                if opaque {
+                    self.set_opaque(pfd.as_fd(), &cname)?;
+                }
+                Ok(())
+            };
+            if let Err(e) = finish() {
+                let _ = sys::unlinkat(pfd.as_fd(), &cname, if dir { libc::AT_REMOVEDIR } else { 0 });
+                return Err(e);
+            }
+        }
+        self.intern_new(parent, name, &pfd, &cname)
+    }
+
+    fn intern_new(&self, parent: &Arc<Node>, name: &OsStr, pfd: &OwnedFd, cname: &CStr) -> Result<(Arc<Node>, Stat)> {
+        let mut st = sys::fstatat(pfd.as_fd(), cname)?;
+        let ino = self.map_ino(0, &st);
+        let found = Found { ino, kind: st.st_mode & libc::S_IFMT, upper: true, lowers: Vec::new() };
+        let node = self.nodes.intern(parent, name, found, true);
+        self.fix_stat(&node, &mut st, false);
+        Ok((node, st))
+    }
+
+    pub fn link(&self, node: &Arc<Node>, newparent: &Arc<Node>, newname: &OsStr) -> Result<(Arc<Node>, Stat)> {
+        if node.is_dir() {
+            return errno(libc::EPERM);
+        }
+        let (path, over_whiteout) = self.prepare_create(newparent, newname)?;
+        self.copy_up(node, CopyUp::Data)?;
+        let upper = self.upper()?;
+        let src = to_c(&self.path_of(node)?)?;
+        let (pfd, cname) = self.upper_parent(&path)?;
+        if over_whiteout {
+            let work = self.work()?;
+            let tmp = self.tmp_name();
+            sys::linkat(upper.fd(), &src, work.as_fd(), &tmp, 0)?;
+            if let Err(e) = sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &cname, 0) {
+                remove_tmp(work, &tmp);
+                return Err(e.into());
+            }
+        } else {
+            sys::linkat(upper.fd(), &src, pfd.as_fd(), &cname, 0)?;
+        }
+        let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
+        let lowers = node.state.read().lowers.clone();
+        let found = Found { ino: node.ino, kind: node.kind, upper: true, lowers };
+        let n = self.nodes.intern(newparent, newname, found, true);
+        self.fix_stat(&n, &mut st, false);
+        Ok((n, st))
+    }
+
+    /// Replaces the upper entry `name` of `pfd` by a whiteout, atomically.
+    fn whiteout_over(&self, pfd: &OwnedFd, cname: &CStr, is_dir: bool) -> Result<()> {
+        let work = self.work()?;
+        let tmp = self.make_whiteout_tmp()?;
+        let flags = if is_dir { sys::RENAME_EXCHANGE } else { 0 };
+        if let Err(e) = sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), cname, flags) {
+            remove_tmp(work, &tmp);
+            return Err(e.into());
+        }
+        if is_dir {
+            // The old dir (now at tmp) holds only whiteouts.
+            remove_tmp(work, &tmp);
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: &Arc<Node>, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: &Arc<Node>, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: &Arc<Node>, name: &OsStr, want_dir: bool) -> Result<()> {
+        if self.read_only() {
+            return errno(libc::EROFS);
+        }
+        let (node, st) = self.lookup(parent, name, false)?;
+        match (want_dir, is_dir(&st)) {
+            (false, true) => return errno(libc::EISDIR),
+            (true, false) => return errno(libc::ENOTDIR),
+            _ => {}
+        }
+        if want_dir && !self.merged_entries(&node)?.is_empty() {
+            return errno(libc::ENOTEMPTY);
+        }
+        self.copy_up(parent, CopyUp::Data)?;
+        let path = join(&self.path_of(parent)?, name);
+        let (pfd, cname) = self.upper_parent(&path)?;
+        let has_lower = !node.state.read().lowers.is_empty();
+        if node.has_upper() && self.upper()?.try_stat(&path)?.is_some() {
+            if has_lower || self.lower_positive(parent, name)? {
+                self.whiteout_over(&pfd, &cname, want_dir)?;
+            } else if want_dir {
+                let d = sys::open_beneath(pfd.as_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                clean_dir(&d)?;
+                sys::unlinkat(pfd.as_fd(), &cname, libc::AT_REMOVEDIR)?;
+            } else {
+                sys::unlinkat(pfd.as_fd(), &cname, 0)?;
+            }
+        } else {
+            sys::mknodat(pfd.as_fd(), &cname, libc::S_IFCHR, 0)?;
+        }
+        node.remove_alias(parent, name, want_dir || st.st_nlink <= 1);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        newparent: &Arc<Node>,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        if self.read_only() {
+            return errno(libc::EROFS);
+        }
+        OvlFs::check_name(newname)?;
+        if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0
+            || flags == sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE
+        {
+            return errno(libc::EINVAL);
+        }
+        let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        let (src, sst) = self.lookup(parent, name, false)?;
+        let dst = match self.lookup(newparent, newname, false) {
+            Ok(d) => Some(d),
+            Err(Errno(libc::ENOENT)) => None,
+            Err(e) => return Err(e),
+        };
+        if flags & sys::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return errno(libc::EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return errno(libc::ENOENT);
+        }
+        let src_dir = is_dir(&sst);
+        // A dir with lower content moves only with a redirect (not yet written).
+        let movable = |n: &Node| !n.is_dir() || n.state.read().lowers.is_empty();
+        if !movable(&src) {
+            return errno(libc::EXDEV);
+        }
+        if let Some((dnode, dst_st)) = &dst {
+            if Arc::ptr_eq(dnode, &src) {
+                return Ok(());
+            }
+            if exchange {
+                if !movable(dnode) {
+                    return errno(libc::EXDEV);
+                }
+            } else if is_dir(dst_st) {
+                if !src_dir {
+                    return errno(libc::EISDIR);
+                }
+                if !self.merged_entries(dnode)?.is_empty() {
+                    return errno(libc::ENOTEMPTY);
+                }
+            } else if src_dir {
+                return errno(libc::ENOTDIR);
+            }
+        }
+        self.copy_up(parent, CopyUp::Data)?;
+        self.copy_up(newparent, CopyUp::Data)?;
+        self.copy_up(&src, CopyUp::Data)?;
+        if let (true, Some((d, _))) = (exchange, &dst) {
+            self.copy_up(d, CopyUp::Data)?;
+        }
+        let spath = join(&self.path_of(parent)?, name);
+        let dpath = join(&self.path_of(newparent)?, newname);
+        let (spfd, sname) = self.upper_parent(&spath)?;
+        let (dpfd, dname) = self.upper_parent(&dpath)?;
+        if exchange {
+            sys::renameat2(spfd.as_fd(), &sname, dpfd.as_fd(), &dname, sys::RENAME_EXCHANGE)?;
+            let (d, _) = dst.expect("checked");
+            src.rename_alias(parent, name, newparent, newname);
+            d.rename_alias(newparent, newname, parent, name);
+            return Ok(());
+        }
+        let src_needs_wh = self.lower_positive(parent, name)?;
+        let dup = self.upper()?.try_stat(&dpath)?;
+        if src_dir && (self.lower_positive(newparent, newname)? || dup.as_ref().is_some_and(format::is_whiteout)) {
+            self.set_opaque(spfd.as_fd(), &sname)?;
+        }
+        match dup {
+            Some(d) if src_dir && format::is_whiteout(&d) => {
+                sys::renameat2(spfd.as_fd(), &sname, dpfd.as_fd(), &dname, sys::RENAME_EXCHANGE)?;
+                if !src_needs_wh {
+                    sys::unlinkat(spfd.as_fd(), &sname, 0)?;
+                }
+            }
+            _ => {
+                if let Some(d) = &dup {
+                    if is_dir(d) {
+                        // Merged-empty: it holds whiteouts only.
+                        let fd = sys::open_beneath(dpfd.as_fd(), &dname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                        clean_dir(&fd)?;
+                    }
+                }
+                self.rename_whiteout(&spfd, &sname, &dpfd, &dname, src_needs_wh)?;
+            }
+        }
+        if let Some((d, dst_st)) = &dst {
+            d.remove_alias(newparent, newname, is_dir(dst_st) || dst_st.st_nlink <= 1);
+        }
+        src.rename_alias(parent, name, newparent, newname);
+        Ok(())
+    }
+
+    /// rename that leaves a whiteout at the source when asked.
+    fn rename_whiteout(&self, spfd: &OwnedFd, sname: &CStr, dpfd: &OwnedFd, dname: &CStr, whiteout: bool) -> Result<()> {
+        if !whiteout {
+            sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, 0)?;
+            return Ok(());
+        }
+        match sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, sys::RENAME_WHITEOUT) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, 0)?;
+                sys::mknodat(spfd.as_fd(), sname, libc::S_IFCHR, 0)?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Open files and their I/O (the kernel's file.c).
+//!
+//! A handle opened on a lower file before a copy-up switches to the upper
+//! copy on its next read, as the kernel's ovl_real_fdget does.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::copy_up::CopyUp;
+use crate::dir::{Creds, NewObj};
+use crate::node::Node;
+use crate::sys::{self, Stat};
+use crate::{errno, OvlFs, Result};
+
+#[derive(Debug)]
+pub struct OpenFile {
+    pub node: Arc<Node>,
+    fd: RwLock<Arc<OwnedFd>>,
+    flags: i32,
+    on_upper: AtomicBool,
+}
+
+impl OpenFile {
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.read().clone()
+    }
+
+    pub fn writable(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+}
+
+/// Flags passed to the real open: creation is done, O_DIRECT is the page
+/// cache's business on the FUSE side.
+fn real_flags(flags: i32) -> i32 {
+    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
+}
+
+impl OvlFs {
+    pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<u64> {
+        if node.is_dir() {
+            return errno(libc::EISDIR);
+        }
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let trunc = flags & libc::O_TRUNC != 0;
+        if write || trunc {
+            if self.read_only() {
+                return errno(libc::EROFS);
+            }
+            self.copy_up(node, if trunc { CopyUp::NoData } else { CopyUp::Data })?;
+        }
+        let (layer, path) = self.real(node)?;
+        let fd = layer.open_file(&path, real_flags(flags), 0)?;
+        Ok(self.add_file(node, fd, flags))
+    }
+
+    fn add_file(&self, node: &Arc<Node>, fd: OwnedFd, flags: i32) -> u64 {
+        let fh = self.next_fh();
+        let f = OpenFile {
+            node: node.clone(),
+            fd: RwLock::new(Arc::new(fd)),
+            flags: real_flags(flags) & !libc::O_TRUNC,
+            on_upper: AtomicBool::new(node.has_upper()),
+        };
+        self.files.insert(fh, Arc::new(f));
+        fh
+    }
+
+    /// create(2): a new regular file, opened with `flags`.
+    pub fn create(&self, parent: &Arc<Node>, name: &OsStr, mode: u32, flags: i32, c: Creds) -> Result<(Arc<Node>, Stat, u64)> {
+        let (node, st) = self.create_object(parent, name, NewObj::File(mode), c)?;
+        let path = self.path_of(&node)?;
+        let fd = self.upper()?.open_file(&path, real_flags(flags) & !libc::O_TRUNC, 0)?;
+        let fh = self.add_file(&node, fd, flags);
+        Ok((node, st, fh))
+    }
+
+    pub fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        self.files.get(&fh).map(|f| f.clone()).ok_or(crate::Errno(libc::EBADF))
+    }
+
+    /// The fd to use now: reopens on the upper copy once one exists.
+    fn current_fd(&self, f: &OpenFile) -> Result<Arc<OwnedFd>> {
+        if !f.on_upper.load(Ordering::Acquire) && f.node.has_upper() {
+            let path = self.path_of(&f.node)?;
+            let fd = self.upper()?.open_file(&path, f.flags, 0)?;
+            *f.fd.write() = Arc::new(fd);
+            f.on_upper.store(true, Ordering::Release);
+        }
+        Ok(f.fd())
+    }
+
+    pub fn read(&self, fh: u64, off: u64, size: u32) -> Result<Vec<u8>> {
+        let f = self.file(fh)?;
+        let fd = self.current_fd(&f)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = sys::pread(fd.as_fd(), &mut buf[done..], off + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
+        let f = self.file(fh)?;
+        let fd = self.current_fd(&f)?;
+        let mut done = 0;
+        while done < data.len() {
+            done += sys::pwrite(fd.as_fd(), &data[done..], off + done as u64)?;
+        }
+        Ok(done as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.remove(&fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let f = self.file(fh)?;
+        if self.fsync_enabled() {
+            sys::fsync(self.current_fd(&f)?.as_fd(), datasync)?;
+        }
+        Ok(())
+    }
+
+    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> Result<()> {
+        let f = self.file(fh)?;
+        Ok(sys::fallocate(self.current_fd(&f)?.as_fd(), mode, off, len)?)
+    }
+
+    pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> Result<i64> {
+        let f = self.file(fh)?;
+        Ok(sys::lseek(self.current_fd(&f)?.as_fd(), off, whence)?)
+    }
+
+    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<u32> {
+        let fi = self.file(fh_in)?;
+        let fo = self.file(fh_out)?;
+        let (a, b) = (self.current_fd(&fi)?, self.current_fd(&fo)?);
+        let len = len.min(1 << 30) as usize;
+        match sys::copy_file_range(a.as_fd(), off_in, b.as_fd(), off_out, len) {
+            Ok(n) => Ok(n as u32),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) => {
+                let data = self.read(fh_in, off_in, len.min(1 << 20) as u32)?;
+                self.write(fh_out, off_out, &data)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! On-disk markers, encoded and decoded: whiteouts (char 0/0 and AUFS
+//! `.wh.NAME`), opaque dirs, the private `overlay.*` xattrs, and the escaping of
+//! user-set `overlay.*` names that the kernel does (since 6.7).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::sys::Stat;
+
+pub const WH_PREFIX: &[u8] = b".wh.";
+pub const WH_OPAQUE: &[u8] = b".wh..wh..opq";
+/// fuse-overlayfs marks opaque dirs with this xattr when it cannot use trusted.*.
+pub const FUSEOVL_OPAQUE: &str = "user.fuseoverlayfs.opaque";
+const FUSEOVL_PREFIX: &[u8] = b"user.fuseoverlayfs.";
+
+/// A char device 0/0 is a whiteout.
+pub fn is_whiteout(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// `.wh.NAME` -> `NAME` (None for the opaque marker and other names).
+pub fn aufs_whiteout_target(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b == WH_OPAQUE {
+        return None;
+    }
+    b.strip_prefix(WH_PREFIX).filter(|t| !t.is_empty()).map(OsStr::from_bytes)
+}
+
+pub fn aufs_whiteout_name(name: &OsStr) -> OsString {
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    OsString::from(OsStr::from_bytes(&v))
+}
+
+pub fn is_aufs_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX)
+}
+
+/// The private xattr namespace in use: `trusted.overlay.` or `user.overlay.`.
+#[derive(Debug, Clone)]
+pub struct XattrNames {
+    prefix: &'static str,
+    pub opaque: CString,
+    pub redirect: CString,
+    pub origin: CString,
+    pub impure: CString,
+    pub nlink: CString,
+    pub metacopy: CString,
+    pub whiteout: CString,
+}
+
+impl XattrNames {
+    pub fn new(userxattr: bool) -> Self {
+        let prefix = if userxattr { "user.overlay." } else { "trusted.overlay." };
+        let n = |s: &str| CString::new(format!("{prefix}{s}")).expect("no NUL");
+        XattrNames {
+            prefix,
+            opaque: n("opaque"),
+            redirect: n("redirect"),
+            origin: n("origin"),
+            impure: n("impure"),
+            nlink: n("nlink"),
+            metacopy: n("metacopy"),
+            whiteout: n("whiteout"),
+        }
+    }
+
+    pub fn prefix(&self) -> &'static str {
+        self.prefix
+    }
+
+    /// Stored name for a name a user sets: `P.X` is kept as `P.overlay.X`
+    /// (the kernel's escaping), everything else as is.
+    pub fn escape(&self, user_name: &OsStr) -> OsString {
+        let b = user_name.as_bytes();
+        match b.strip_prefix(self.prefix.as_bytes()) {
+            Some(rest) => {
+                let mut v = self.prefix.as_bytes().to_vec();
+                v.extend_from_slice(b"overlay.");
+                v.extend_from_slice(rest);
+                OsString::from(OsStr::from_bytes(&v))
+            }
+            None => user_name.to_os_string(),
+        }
+    }
+
+    /// Name a user sees for a stored name, or None if it is private.
+    pub fn unescape(&self, stored: &OsStr) -> Option<OsString> {
+        let b = stored.as_bytes();
+        if b.starts_with(FUSEOVL_PREFIX) {
+            return None;
+        }
+        match b.strip_prefix(self.prefix.as_bytes()) {
+            Some(rest) => rest.strip_prefix(b"overlay.").filter(|r| !r.is_empty()).map(|r| {
+                let mut v = self.prefix.as_bytes().to_vec();
+                v.extend_from_slice(r);
+                OsString::from(OsStr::from_bytes(&v))
+            }),
+            None => Some(stored.to_os_string()),
+        }
+    }
+
+    /// True for names a user may neither read nor set directly.
+    pub fn is_private(&self, name: &OsStr) -> bool {
+        name.as_bytes().starts_with(FUSEOVL_PREFIX)
+    }
+
+    /// Whether a stored xattr of a lower object is copied up as it is.
+    pub fn copy_up_keeps(&self, stored: &OsStr) -> bool {
+        let b = stored.as_bytes();
+        if b.starts_with(FUSEOVL_PREFIX) {
+            return false;
+        }
+        match b.strip_prefix(self.prefix.as_bytes()) {
+            Some(rest) => rest.starts_with(b"overlay."),
+            None => true,
+        }
+    }
+}
+
+/// An opaque xattr value: `y` hides all lower entries; `x` (kernel 6.7+) marks a
+/// dir whose zero-size entries may carry xattr whiteouts.
+pub fn opaque_value(v: &[u8]) -> Option<u8> {
+    match v {
+        b"y" => Some(b'y'),
+        b"x" => Some(b'x'),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aufs_names() {
+        assert_eq!(aufs_whiteout_target(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(aufs_whiteout_target(OsStr::new(".wh..wh..opq")), None);
+        assert_eq!(aufs_whiteout_target(OsStr::new(".wh.")), None);
+        assert_eq!(aufs_whiteout_target(OsStr::new("foo")), None);
+        assert_eq!(aufs_whiteout_name(OsStr::new("x")), OsString::from(".wh.x"));
+    }
+
+    #[test]
+    fn xattr_escaping_round_trips() {
+        let x = XattrNames::new(false);
+        let stored = x.escape(OsStr::new("trusted.overlay.opaque"));
+        assert_eq!(stored, OsString::from("trusted.overlay.overlay.opaque"));
+        assert_eq!(x.unescape(&stored), Some(OsString::from("trusted.overlay.opaque")));
+        assert_eq!(x.unescape(OsStr::new("trusted.overlay.origin")), None);
+        assert_eq!(x.unescape(OsStr::new("user.fuseoverlayfs.opaque")), None);
+        assert_eq!(x.unescape(OsStr::new("user.a")), Some(OsString::from("user.a")));
+        assert!(!x.copy_up_keeps(OsStr::new("trusted.overlay.origin")));
+        assert!(x.copy_up_keeps(OsStr::new("trusted.overlay.overlay.x")));
+        assert!(x.copy_up_keeps(OsStr::new("security.capability")));
+        let u = XattrNames::new(true);
+        assert_eq!(u.unescape(OsStr::new("user.overlay.redirect")), None);
+        assert_eq!(u.unescape(OsStr::new("trusted.overlay.redirect")), Some(OsString::from("trusted.overlay.redirect")));
+    }
+}

@@ -1,0 +1,157 @@
+//! Attributes (the kernel's inode.c): st_ino composition, getattr, setattr.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use crate::copy_up::CopyUp;
+use crate::layer::to_c;
+use crate::node::{Node, ROOT_INO};
+use crate::sys::{self, Stat};
+use crate::{errno, Errno, OvlFs, Result};
+
+/// The fields of a setattr; None leaves a field alone. Times are
+/// (seconds, nanoseconds) and may use sys::UTIME_NOW.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<(i64, i64)>,
+    pub mtime: Option<(i64, i64)>,
+    pub fh: Option<u64>,
+}
+
+impl OvlFs {
+    /// st_ino for an object of layer `layer_idx` (0 = upper): the real number
+    /// when all layers share one filesystem, else xino-style fsid high bits.
+    pub fn map_ino(&self, _layer_idx: usize, st: &Stat) -> u64 {
+        if self.xino_bits == 0 {
+            return st.st_ino;
+        }
+        let shift = 64 - self.xino_bits;
+        let fsid = self.fs_devs.iter().position(|d| *d == st.st_dev).unwrap_or(0) as u64;
+        if st.st_ino >> shift != 0 {
+            return st.st_ino;
+        }
+        st.st_ino | (fsid << shift)
+    }
+
+    /// Turns a real stat into what the merged view reports for `node`.
+    pub fn fix_stat(&self, node: &Node, st: &mut Stat, merged_dir: bool) {
+        if node.ino != ROOT_INO {
+            st.st_ino = node.ino;
+        }
+        // Like the kernel: counting a merged dir's subdirs would need a readdir.
+        if merged_dir {
+            st.st_nlink = 1;
+        }
+    }
+
+    /// More than one layer makes up this dir (the kernel's OVL_TYPE_MERGE).
+    pub fn is_merged_dir(node: &Node) -> bool {
+        node.is_dir() && node.has_upper() as usize + node.state.read().lowers.len() > 1
+    }
+
+    pub fn getattr(&self, node: &Arc<Node>, fh: Option<u64>) -> Result<Stat> {
+        let mut st = match self.real(node) {
+            Ok((layer, path)) => match layer.stat(&path) {
+                Ok(st) => st,
+                Err(e) => self.stat_open(node, fh).ok_or(Errno::from(e))?,
+            },
+            Err(e) => self.stat_open(node, fh).ok_or(e)?,
+        };
+        self.fix_stat(node, &mut st, Self::is_merged_dir(node));
+        Ok(st)
+    }
+
+    /// fstat through an open file of the node (for objects without a name).
+    fn stat_open(&self, node: &Node, fh: Option<u64>) -> Option<Stat> {
+        let f = match fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone())) {
+            Some(f) if f.node.ino == node.ino => f,
+            _ => self.files.iter().find(|f| f.node.ino == node.ino).map(|f| f.clone())?,
+        };
+        let fd = f.fd();
+        sys::fstat(fd.as_fd()).ok()
+    }
+
+    pub fn setattr(&self, node: &Arc<Node>, a: SetAttr) -> Result<Stat> {
+        if self.read_only() {
+            return errno(libc::EROFS);
+        }
+        let with_data = a.size != Some(0);
+        self.copy_up(node, if with_data { CopyUp::Data } else { CopyUp::NoData })?;
+        let upper = self.upper()?;
+        let path = self.path_of(node)?;
+        let cpath = to_c(&path)?;
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fchownat(upper.fd(), &cpath, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = a.mode {
+            if node.kind == libc::S_IFLNK {
+                return errno(libc::EOPNOTSUPP);
+            }
+            sys::fchmodat(upper.fd(), &cpath, mode & 0o7777)?;
+        }
+        if let Some(size) = a.size {
+            if node.is_dir() {
+                return errno(libc::EISDIR);
+            }
+            let handle = a.fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone()));
+            match handle.filter(|f| f.writable()) {
+                Some(f) => sys::ftruncate(f.fd().as_fd(), size)?,
+                None => {
+                    let fd = upper.open_file(&path, libc::O_WRONLY | libc::O_NONBLOCK, 0)?;
+                    sys::ftruncate(fd.as_fd(), size)?;
+                }
+            }
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            let omit = (0, sys::UTIME_OMIT);
+            sys::utimensat(upper.fd(), &cpath, [a.atime.unwrap_or(omit), a.mtime.unwrap_or(omit)])?;
+        }
+        self.getattr(node, a.fh)
+    }
+
+    pub fn readlink(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        if node.kind != libc::S_IFLNK {
+            return errno(libc::EINVAL);
+        }
+        let (layer, path) = self.real(node)?;
+        Ok(layer.readlink(&path)?)
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        let layer = self.upper.as_ref().unwrap_or(&self.lowers[0]);
+        Ok(sys::fstatfs(layer.fd())?)
+    }
+
+    /// access(2) on the merged object, checked against its mode and owner.
+    pub fn access(&self, node: &Arc<Node>, mask: i32, uid: u32, gid: u32) -> Result<()> {
+        let st = self.getattr(node, None)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 && self.read_only() {
+            return errno(libc::EROFS);
+        }
+        let mode = st.st_mode;
+        if uid == 0 {
+            let any_x = mode & 0o111 != 0 || node.is_dir();
+            return if mask & libc::X_OK != 0 && !any_x { errno(libc::EACCES) } else { Ok(()) };
+        }
+        let bits = if st.st_uid == uid {
+            (mode >> 6) & 7
+        } else if st.st_gid == gid {
+            (mode >> 3) & 7
+        } else {
+            mode & 7
+        };
+        let want = (mask & 7) as u32;
+        if bits & want == want {
+            Ok(())
+        } else {
+            errno(libc::EACCES)
+        }
+    }
+}

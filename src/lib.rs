@@ -1,0 +1,41 @@
+//! ovlfuse: a FUSE overlay filesystem with Linux kernel overlayfs semantics
+//! and on-disk format. The core (everything but `fuse`) runs without a mount.
+
+pub mod config;
+pub mod copy_up;
+pub mod dir;
+pub mod file;
+pub mod format;
+pub mod fuse;
+pub mod inode;
+pub mod layer;
+pub mod namei;
+pub mod node;
+pub mod ovl;
+pub mod readdir;
+pub mod sys;
+pub mod xattr;
+
+pub use ovl::OvlFs;
+
+/// An errno for the caller: every core operation fails with one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl From<std::io::Error> for Errno {
+    fn from(e: std::io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+pub fn errno<T>(e: i32) -> Result<T> {
+    Err(Errno(e))
+}

@@ -1,0 +1,144 @@
+//! The `ovlfuse` command: parse options, validate layers, mount, then serve
+//! in the background (or the foreground with -f) until unmounted.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::exit;
+use std::sync::Arc;
+
+use clap::Parser;
+use fuser::{MountOption, SessionACL};
+
+use ovlfuse::config::Config;
+use ovlfuse::fuse::OvlFuse;
+use ovlfuse::{sys, OvlFs};
+
+const LONG_HELP: &str = "\
+Mount options (-o, comma separated, several -o are merged):
+  lowerdir=A:B:C      lower layers, leftmost on top (\\: escapes a colon; A::D makes D data-only)
+  lowerdir+=A, datadir+=D   append one lower / data-only lower
+  upperdir=U,workdir=W      writable layer and its work dir (same filesystem); without them: read-only
+  redirect_dir=on|follow|nofollow|off   index=on|off   metacopy=on|off   xino=on|off|auto
+  userxattr           use user.overlay.* instead of trusted.overlay.* xattrs
+  volatile, fsync=0   skip fsync on copy-up and user fsync
+  uidmapping=C:H:N[:...], gidmapping=...   squash_to_root, squash_to_uid=N, squash_to_gid=N
+  xattr_permissions=0|1|2   static_nlink   noxattrs=1   timeout=SECS   threads=N
+  ro, rw, allow_other, allow_root, default_permissions, suid, nosuid, dev, nodev, exec, noexec, noatime
+Unmount with: fusermount3 -u MOUNTPOINT";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ovlfuse",
+    about = "FUSE overlay filesystem with Linux kernel overlayfs semantics",
+    after_help = LONG_HELP,
+    disable_version_flag = true
+)]
+struct Cli {
+    /// Mount options; may be given several times
+    #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
+    options: Vec<String>,
+    /// Stay in the foreground
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Log every request (implies -f)
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Print the version and exit
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+    /// [SOURCE] MOUNTPOINT (SOURCE, as mount.fuse3 passes it, is ignored)
+    #[arg(value_name = "ARGS", num_args = 0..=2)]
+    args: Vec<PathBuf>,
+}
+
+fn die(msg: impl std::fmt::Display) -> ! {
+    eprintln!("ovlfuse: {msg}");
+    exit(1)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("ovlfuse version {}", env!("CARGO_PKG_VERSION"));
+        println!("FUSE library version fuser 0.18 (native, no libfuse)");
+        println!("using FUSE kernel interface version 7.40");
+        return;
+    }
+    let mountpoint = match cli.args.last() {
+        Some(m) => m.clone(),
+        None => die("no mountpoint given: ovlfuse -o lowerdir=A,upperdir=U,workdir=W MOUNTPOINT"),
+    };
+    let source = if cli.args.len() == 2 { cli.args[0].to_string_lossy().into_owned() } else { "ovlfuse".into() };
+    let mut cfg = Config::default();
+    for o in &cli.options {
+        if let Err(e) = cfg.apply_options(o) {
+            die(e);
+        }
+    }
+    for w in cfg.warnings.drain(..) {
+        eprintln!("{w}");
+    }
+    let level = if cli.debug { "debug" } else { "info,fuser=warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let cwd = std::env::current_dir().unwrap_or_else(|e| die(format!("cannot read the current directory: {e}")));
+    let mnt = cfg.validate(&cwd, &mountpoint).unwrap_or_else(|e| die(e));
+    sys::umask(0);
+
+    let root = sys::geteuid() == 0;
+    let f = cfg.fuse.clone();
+    let mut opts = vec![MountOption::FSName(source), MountOption::Subtype("ovlfuse".into())];
+    if f.default_permissions || root {
+        opts.push(MountOption::DefaultPermissions);
+    }
+    if f.ro || cfg.upper.is_none() {
+        opts.push(MountOption::RO);
+    }
+    opts.push(if f.nosuid.unwrap_or(!root) { MountOption::NoSuid } else { MountOption::Suid });
+    opts.push(if f.nodev.unwrap_or(!root) { MountOption::NoDev } else { MountOption::Dev });
+    if f.noexec {
+        opts.push(MountOption::NoExec);
+    }
+    if f.noatime {
+        opts.push(MountOption::NoAtime);
+    }
+    let acl = if f.allow_other || root {
+        SessionACL::All
+    } else if f.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let mut fcfg = fuser::Config::default();
+    fcfg.mount_options = opts;
+    fcfg.acl = acl;
+    fcfg.n_threads = Some(cfg.threads);
+    fcfg.clone_fd = true;
+
+    let fs = Arc::new(OvlFs::new(cfg).unwrap_or_else(|e| die(e)));
+    let foreground = cli.foreground || cli.debug;
+    // The mount is made and the FUSE handshake done before we detach, so the
+    // starting process returns only once the mount is live.
+    let mut session = fuser::Session::new(OvlFuse::new(fs), &mnt, &fcfg)
+        .unwrap_or_else(|e| die(format!("cannot mount on {}: {e}", mnt.display())));
+    if !foreground {
+        match sys::fork() {
+            Ok(0) => {
+                sys::setsid();
+                sys::detach_stdio();
+            }
+            Ok(_) => sys::exit_now(0),
+            Err(e) => die(format!("cannot fork: {e}")),
+        }
+    }
+    let sigs = sys::block_term_signals();
+    let mut unmounter = session.unmount_callable();
+    std::thread::spawn(move || {
+        sys::wait_signal(&sigs);
+        let _ = unmounter.unmount();
+    });
+    let _ = std::io::stderr().as_fd();
+    if let Err(e) = session.run() {
+        log::error!("session ended: {e}");
+        exit(1);
+    }
+}

@@ -1,0 +1,276 @@
+//! The in-memory inode table (the kernel's ovl_inode + dcache in one).
+//!
+//! FUSE node ids are the st_ino we report (fuser sends attr.ino as the node
+//! id), so a node is keyed by its overlay inode number. A node stays in the
+//! table while the kernel holds lookups on it or anything (a child, an open
+//! file) refers to it; its memory is freed on the last FORGET.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+pub const ROOT_INO: u64 = 1;
+
+/// One lower layer in which an object (or a merged dir's part) lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LowerRef {
+    /// Index into the lower layer list (0 = top lower).
+    pub layer: u16,
+    /// Path in that layer when it differs from the merged path (redirects).
+    pub path: Option<Arc<[u8]>>,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeState {
+    /// (parent, name) pairs under which the object is known. Dirs have one,
+    /// the root none; hard-linked files one per name looked up.
+    pub aliases: Vec<(Arc<Node>, OsString)>,
+    /// Lower stack, top first. A non-dir has at most one entry.
+    pub lowers: Vec<LowerRef>,
+    /// Removed through the mount: no name leads to it any more.
+    pub dead: bool,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    pub generation: u64,
+    /// S_IFMT bits of the object.
+    pub kind: u32,
+    nlookup: AtomicU64,
+    /// Whether the object exists in the upper layer (after copy-up: yes).
+    upper: AtomicBool,
+    pub state: RwLock<NodeState>,
+    /// Serialises copy-up of this object only.
+    pub copy_up_lock: Mutex<()>,
+}
+
+impl Node {
+    pub fn new(ino: u64, generation: u64, kind: u32, upper: bool, state: NodeState) -> Node {
+        Node {
+            ino,
+            generation,
+            kind,
+            nlookup: AtomicU64::new(0),
+            upper: AtomicBool::new(upper),
+            state: RwLock::new(state),
+            copy_up_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    pub fn has_upper(&self) -> bool {
+        self.upper.load(Ordering::Acquire)
+    }
+
+    pub fn set_upper(&self) {
+        self.upper.store(true, Ordering::Release)
+    }
+
+    pub fn nlookup(&self) -> u64 {
+        self.nlookup.load(Ordering::Acquire)
+    }
+
+    /// Merged-view path relative to the root ("" for the root), or None if
+    /// the object has no name any more.
+    pub fn path(&self) -> Option<Vec<u8>> {
+        if self.ino == ROOT_INO {
+            return Some(Vec::new());
+        }
+        let mut parts: Vec<OsString> = Vec::with_capacity(8);
+        let mut cur: Option<Arc<Node>>;
+        {
+            let st = self.state.read();
+            let (p, name) = st.aliases.first()?;
+            parts.push(name.clone());
+            cur = Some(p.clone());
+        }
+        while let Some(n) = cur {
+            if n.ino == ROOT_INO {
+                break;
+            }
+            let st = n.state.read();
+            let (p, name) = st.aliases.first()?;
+            parts.push(name.clone());
+            cur = Some(p.clone());
+        }
+        let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+        for (i, p) in parts.iter().rev().enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            out.extend_from_slice(p.as_bytes());
+        }
+        Some(out)
+    }
+
+    /// The parent through the first alias.
+    pub fn parent(&self) -> Option<Arc<Node>> {
+        self.state.read().aliases.first().map(|(p, _)| p.clone())
+    }
+
+    /// Path of this object inside lower `l` of its stack.
+    pub fn lower_path(&self, l: &LowerRef) -> Option<Vec<u8>> {
+        match &l.path {
+            Some(p) => Some(p.to_vec()),
+            None => self.path(),
+        }
+    }
+
+    pub fn add_alias(&self, parent: &Arc<Node>, name: &OsStr) {
+        let mut st = self.state.write();
+        st.dead = false;
+        if !st.aliases.iter().any(|(p, n)| Arc::ptr_eq(p, parent) && n == name) {
+            if self.is_dir() {
+                st.aliases.clear();
+            }
+            st.aliases.push((parent.clone(), name.to_os_string()));
+        }
+    }
+
+    /// Forgets one name; marks the node dead when it was the last known one
+    /// and `last_link` says the object itself is gone.
+    pub fn remove_alias(&self, parent: &Arc<Node>, name: &OsStr, last_link: bool) {
+        let mut st = self.state.write();
+        st.aliases.retain(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name));
+        if last_link || st.aliases.is_empty() {
+            st.dead = true;
+        }
+    }
+
+    pub fn rename_alias(&self, old_parent: &Arc<Node>, old: &OsStr, new_parent: &Arc<Node>, new: &OsStr) {
+        let mut st = self.state.write();
+        st.aliases.retain(|(p, n)| !(Arc::ptr_eq(p, old_parent) && n == old));
+        st.aliases.retain(|(p, n)| !(Arc::ptr_eq(p, new_parent) && n == new));
+        st.aliases.insert(0, (new_parent.clone(), new.to_os_string()));
+        st.dead = false;
+    }
+}
+
+/// What a lookup found, to be turned into a node.
+#[derive(Debug)]
+pub struct Found {
+    pub ino: u64,
+    pub kind: u32,
+    pub upper: bool,
+    pub lowers: Vec<LowerRef>,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeTable {
+    map: DashMap<u64, Arc<Node>>,
+    generation: AtomicU64,
+}
+
+impl NodeTable {
+    pub fn new(root: Node) -> NodeTable {
+        let t = NodeTable { map: DashMap::new(), generation: AtomicU64::new(1) };
+        root.nlookup.store(1, Ordering::Release);
+        t.map.insert(ROOT_INO, Arc::new(root));
+        t
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.map.get(&ino).map(|n| n.clone())
+    }
+
+    pub fn root(&self) -> Arc<Node> {
+        self.get(ROOT_INO).expect("root node")
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Returns the node for a found object under (parent, name), creating
+    /// or refreshing it; adds one lookup if `count` is set.
+    pub fn intern(&self, parent: &Arc<Node>, name: &OsStr, f: Found, count: bool) -> Arc<Node> {
+        use dashmap::mapref::entry::Entry;
+        let fresh = |nlookup: u64, generation: u64| {
+            let n = Node::new(
+                f.ino,
+                generation,
+                f.kind,
+                f.upper,
+                NodeState { aliases: vec![(parent.clone(), name.to_os_string())], lowers: f.lowers.clone(), dead: false },
+            );
+            n.nlookup.store(nlookup + count as u64, Ordering::Release);
+            Arc::new(n)
+        };
+        match self.map.entry(f.ino) {
+            Entry::Occupied(mut e) => {
+                let old = e.get().clone();
+                let same = old.kind == f.kind && !old.state.read().dead;
+                if same {
+                    if f.upper {
+                        old.set_upper();
+                    }
+                    {
+                        let mut st = old.state.write();
+                        st.lowers = f.lowers;
+                    }
+                    old.add_alias(parent, name);
+                    if count {
+                        old.nlookup.fetch_add(1, Ordering::AcqRel);
+                    }
+                    old
+                } else {
+                    // The number now names another object: new generation, and
+                    // the kernel's lookups on the old one carry over (it will
+                    // FORGET them against this id).
+                    let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                    let n = fresh(old.nlookup(), g);
+                    e.insert(n.clone());
+                    n
+                }
+            }
+            Entry::Vacant(e) => {
+                let n = fresh(0, self.generation.load(Ordering::Acquire));
+                e.insert(n.clone());
+                n
+            }
+        }
+    }
+
+    /// Drops `n` lookups; frees the node (and ancestors nobody needs) at zero.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let Some(node) = self.get(ino) else { return };
+        let prev = node.nlookup.fetch_sub(n.min(node.nlookup()), Ordering::AcqRel);
+        if prev > n {
+            return;
+        }
+        drop(node);
+        self.reap(ino);
+    }
+
+    /// Removes an unreferenced node and walks up its parents.
+    pub fn reap(&self, ino: u64) {
+        let mut next = Some(ino);
+        while let Some(ino) = next.take() {
+            if ino == ROOT_INO {
+                return;
+            }
+            let removed = self
+                .map
+                .remove_if(&ino, |_, n| n.nlookup() == 0 && Arc::strong_count(n) == 1);
+            if let Some((_, n)) = removed {
+                let parents: Vec<u64> = n.state.read().aliases.iter().map(|(p, _)| p.ino).collect();
+                drop(n);
+                // Only a single parent chain is followed; other aliases' parents
+                // are reaped by their own forgets.
+                next = parents.first().copied();
+            }
+        }
+    }
+}

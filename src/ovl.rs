@@ -1,0 +1,261 @@
+//! The mounted overlay (the kernel's `struct ovl_fs`): layers, work dir,
+//! private xattr names, the node table and the open handles.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use log::info;
+
+use crate::config::{Config, Xino};
+use crate::file::OpenFile;
+use crate::format::XattrNames;
+use crate::layer::{self, Layer};
+use crate::node::{LowerRef, Node, NodeState, NodeTable, ROOT_INO};
+use crate::readdir::DirHandle;
+use crate::sys;
+use crate::{errno, Errno, Result};
+
+#[derive(Debug)]
+pub struct OvlFs {
+    pub cfg: Config,
+    pub upper: Option<Layer>,
+    /// `W/work`: where copy-ups and whiteouts are built before they move in.
+    pub work: Option<OwnedFd>,
+    pub lowers: Vec<Layer>,
+    pub xn: XattrNames,
+    pub nodes: NodeTable,
+    pub files: DashMap<u64, Arc<OpenFile>>,
+    pub dirs: DashMap<u64, Arc<DirHandle>>,
+    next_fh: AtomicU64,
+    tmp_seq: AtomicU64,
+    /// Upper inode number -> overlay inode number, for objects copied up
+    /// during this mount (their st_ino stays the lower one).
+    pub copied: DashMap<u64, u64>,
+    /// High bits used for the layer's fs index when layers span filesystems.
+    pub xino_bits: u32,
+    /// Distinct st_dev values of the layers, upper first: index = fsid.
+    pub fs_devs: Vec<u64>,
+}
+
+fn io_err(what: &str, path: &std::path::Path, e: io::Error) -> String {
+    format!("{what} {}: {}", path.display(), crate::config::io_msg(&e))
+}
+
+impl OvlFs {
+    /// Opens every layer and prepares the work dir. The config must be validated.
+    pub fn new(mut cfg: Config) -> std::result::Result<OvlFs, String> {
+        let mut lowers = Vec::with_capacity(cfg.lowers.len());
+        for (i, l) in cfg.lowers.iter().enumerate() {
+            lowers.push(Layer::open(&l.path, i + 1, l.data_only).map_err(|e| io_err("lowerdir", &l.path, e))?);
+        }
+        let mut upper = None;
+        let mut work = None;
+        if let (Some(u), Some(w)) = (&cfg.upper, &cfg.work) {
+            let ul = Layer::open(u, 0, false).map_err(|e| io_err("upperdir", u, e))?;
+            let wl = Layer::open(w, 0, false).map_err(|e| io_err("workdir", w, e))?;
+            let wfd = prepare_workdir(&wl, cfg.index).map_err(|e| io_err("workdir", w, e))?;
+            if !cfg.userxattr && !trusted_xattrs_work(&wfd) {
+                info!("trusted.* xattrs cannot be written on the upper filesystem; using user.overlay.* (userxattr)");
+                cfg.userxattr = true;
+            }
+            upper = Some(ul);
+            work = Some(wfd);
+        }
+        let mut fs_devs: Vec<u64> = Vec::new();
+        for l in upper.iter().chain(lowers.iter()) {
+            if !fs_devs.contains(&l.dev) {
+                fs_devs.push(l.dev);
+            }
+        }
+        let xino_bits = match (cfg.xino, fs_devs.len()) {
+            (_, 1) | (Xino::Off, _) => 0,
+            (_, n) => 64 - (n as u64).leading_zeros() + 1,
+        };
+        let xn = XattrNames::new(cfg.userxattr);
+        let root_top = match &upper {
+            Some(u) => u.stat(b"").map_err(|e| io_err("upperdir", &u.path, e))?,
+            None => lowers[0].stat(b"").map_err(|e| io_err("lowerdir", &lowers[0].path, e))?,
+        };
+        let _ = root_top;
+        let mut root_lowers = Vec::new();
+        for (i, l) in lowers.iter().enumerate() {
+            if l.data_only {
+                break;
+            }
+            root_lowers.push(LowerRef { layer: i as u16, path: None });
+        }
+        let root = Node::new(
+            ROOT_INO,
+            0,
+            libc::S_IFDIR,
+            upper.is_some(),
+            NodeState { aliases: Vec::new(), lowers: root_lowers, dead: false },
+        );
+        Ok(OvlFs {
+            cfg,
+            upper,
+            work,
+            lowers,
+            xn,
+            nodes: NodeTable::new(root),
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            tmp_seq: AtomicU64::new(0),
+            copied: DashMap::new(),
+            xino_bits,
+            fs_devs,
+        })
+    }
+
+    pub fn upper(&self) -> Result<&Layer> {
+        self.upper.as_ref().ok_or(Errno(libc::EROFS))
+    }
+
+    pub fn work(&self) -> Result<&OwnedFd> {
+        self.work.as_ref().ok_or(Errno(libc::EROFS))
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.upper.is_none()
+    }
+
+    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes.get(ino).ok_or(Errno(libc::ENOENT))
+    }
+
+    pub fn next_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fresh name for a temp object in the work dir.
+    pub fn tmp_name(&self) -> CString {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("#ovl{:x}-{:x}", std::process::id(), n)).expect("no NUL")
+    }
+
+    pub fn path_of(&self, node: &Node) -> Result<Vec<u8>> {
+        node.path().ok_or(Errno(libc::ENOENT))
+    }
+
+    /// The layer and path of the object that the merged view shows: the
+    /// upper copy if any, else the top lower one.
+    pub fn real(&self, node: &Node) -> Result<(&Layer, Vec<u8>)> {
+        let path = self.path_of(node)?;
+        if node.has_upper() {
+            return Ok((self.upper()?, path));
+        }
+        let st = node.state.read();
+        let l = st.lowers.first().ok_or(Errno(libc::ENOENT))?;
+        let lp = match &l.path {
+            Some(p) => p.to_vec(),
+            None => path,
+        };
+        Ok((&self.lowers[l.layer as usize], lp))
+    }
+
+    /// Opens the parent dir of `path` in the upper layer (O_PATH) and returns
+    /// it with the final name.
+    pub fn upper_parent(&self, path: &[u8]) -> Result<(OwnedFd, CString)> {
+        let (dir, name) = layer::split_parent(path);
+        let fd = self.upper()?.open_dir_path(dir)?;
+        Ok((fd, sys::cstr(name)?))
+    }
+
+    pub fn fsync_enabled(&self) -> bool {
+        self.cfg.fsync
+    }
+
+    /// Whether the private opaque xattr (or a foreign marker) is set.
+    pub fn is_opaque(&self, layer: &Layer, path: &[u8], lower: bool) -> Result<bool> {
+        let names = match layer.listxattr(path) {
+            Ok(n) => n,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENODATA)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        for n in &names {
+            let want = n.as_encoded_bytes() == self.xn.opaque.as_bytes()
+                || n.as_encoded_bytes() == crate::format::FUSEOVL_OPAQUE.as_bytes();
+            if want {
+                let c = sys::cstr(n)?;
+                if let Some(v) = layer.try_getxattr(path, &c)? {
+                    if v == b"y" {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        if lower {
+            let marker = layer::join(path, OsStr::from_bytes(crate::format::WH_OPAQUE));
+            if layer.try_stat(&marker)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn check_name(name: &OsStr) -> Result<()> {
+        if name.len() > 255 {
+            return errno(libc::ENAMETOOLONG);
+        }
+        Ok(())
+    }
+
+    /// Syncs a directory of the upper after an entry moved in, unless volatile.
+    pub fn sync_dir(&self, fd: &OwnedFd) {
+        if self.cfg.fsync {
+            if let Ok(d) = sys::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                let _ = sys::fsync(d.as_fd(), false);
+            }
+        }
+    }
+}
+
+/// Creates `W/work` (and `W/index`) mode 000 like the kernel, and empties
+/// `W/work` of whatever a crash left behind.
+fn prepare_workdir(w: &Layer, index: bool) -> io::Result<OwnedFd> {
+    for (name, want) in [(c"work", true), (c"index", index)] {
+        if !want {
+            continue;
+        }
+        match sys::mkdirat(w.fd(), name, 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let work = sys::open_beneath(w.fd(), c"work", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    clean_dir(&work)?;
+    Ok(work)
+}
+
+/// Removes everything inside an open directory, recursively.
+pub fn clean_dir(dir: &OwnedFd) -> io::Result<()> {
+    for (name, _, dtype) in sys::read_dir(dir.as_fd())? {
+        let c = sys::cstr(&name)?;
+        if dtype == libc::DT_DIR {
+            let sub = sys::open_beneath(dir.as_fd(), &c, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            clean_dir(&sub)?;
+            sys::unlinkat(dir.as_fd(), &c, libc::AT_REMOVEDIR)?;
+        } else {
+            sys::unlinkat(dir.as_fd(), &c, 0)?;
+        }
+    }
+    Ok(())
+}
+
+fn trusted_xattrs_work(work: &OwnedFd) -> bool {
+    let name = c"trusted.overlay.ovlfuse-probe";
+    match sys::setxattr(work.as_fd(), c"", name, b"y", 0) {
+        Ok(()) => {
+            let _ = sys::removexattr(work.as_fd(), c"", name);
+            true
+        }
+        Err(_) => false,
+    }
+}

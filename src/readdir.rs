@@ -1,0 +1,139 @@
+//! Merged directory listing (the kernel's readdir.c): upper first, then each
+//! lower; duplicates, whiteouts and AUFS markers removed; stops at opaque.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::format;
+use crate::layer::join;
+use crate::node::Node;
+use crate::{OvlFs, Result};
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub dtype: u8,
+}
+
+/// An open directory: the listing is a snapshot taken when reading starts
+/// at offset 0, so offsets stay stable while the handle is open.
+#[derive(Debug)]
+pub struct DirHandle {
+    pub node: Arc<Node>,
+    pub entries: Mutex<Arc<Vec<DirEntry>>>,
+}
+
+impl OvlFs {
+    /// Every visible entry of a merged dir, without "." and "..".
+    pub fn merged_entries(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        let path = self.path_of(node)?;
+        let lowers = node.state.read().lowers.clone();
+        let mut seen: HashSet<OsString> = HashSet::new();
+        let mut out = Vec::new();
+        if node.has_upper() {
+            let u = self.upper()?;
+            for (name, ino, dtype) in u.read_dir(&path)? {
+                seen.insert(name.clone());
+                if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
+                    let st = u.stat(&join(&path, &name))?;
+                    if format::is_whiteout(&st) {
+                        continue;
+                    }
+                }
+                let ino = self.copied.get(&ino).map(|i| *i).unwrap_or_else(|| self.dir_ino(0, u.dev, ino));
+                out.push(DirEntry { name, ino, dtype });
+            }
+        }
+        for l in &lowers {
+            let layer = &self.lowers[l.layer as usize];
+            let lpath = match &l.path {
+                Some(p) => p.to_vec(),
+                None => path.clone(),
+            };
+            let entries = layer.read_dir(&lpath)?;
+            let mut hidden = Vec::new();
+            for (name, ino, mut dtype) in entries {
+                if format::is_aufs_name(&name) {
+                    if let Some(t) = format::aufs_whiteout_target(&name) {
+                        hidden.push(t.to_os_string());
+                    }
+                    continue;
+                }
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
+                    let st = layer.stat(&join(&lpath, &name))?;
+                    if format::is_whiteout(&st) {
+                        continue;
+                    }
+                    dtype = dtype_of(st.st_mode);
+                }
+                out.push(DirEntry { name, ino: self.dir_ino(layer.idx, layer.dev, ino), dtype });
+            }
+            seen.extend(hidden);
+        }
+        // A name hidden by an AUFS whiteout may have been listed by a higher layer only.
+        Ok(out)
+    }
+
+    fn dir_ino(&self, idx: usize, dev: u64, ino: u64) -> u64 {
+        // SAFETY-free: a zeroed stat carrying only dev and ino.
+        let mut st: crate::sys::Stat = unsafe_zeroed_stat();
+        st.st_dev = dev;
+        st.st_ino = ino;
+        self.map_ino(idx, &st)
+    }
+
+    pub fn opendir(&self, node: &Arc<Node>) -> Result<u64> {
+        if !node.is_dir() {
+            return crate::errno(libc::ENOTDIR);
+        }
+        let fh = self.next_fh();
+        self.dirs.insert(fh, Arc::new(DirHandle { node: node.clone(), entries: Mutex::new(Arc::new(Vec::new())) }));
+        Ok(fh)
+    }
+
+    /// The snapshot to read from `offset` on: offset 0 takes a fresh one.
+    /// Entry i of the list has offset i + 1; "." and ".." come first.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let h = self.dirs.get(&fh).map(|h| h.clone()).ok_or(crate::Errno(libc::EBADF))?;
+        if offset == 0 {
+            let node = &h.node;
+            let parent = node.parent().map(|p| p.ino).unwrap_or(node.ino);
+            let mut v = vec![
+                DirEntry { name: ".".into(), ino: node.ino, dtype: libc::DT_DIR },
+                DirEntry { name: "..".into(), ino: parent, dtype: libc::DT_DIR },
+            ];
+            v.extend(self.merged_entries(node)?);
+            *h.entries.lock() = Arc::new(v);
+        }
+        let e = h.entries.lock().clone();
+        Ok(e)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+}
+
+pub fn dtype_of(mode: u32) -> u8 {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => libc::DT_DIR,
+        libc::S_IFREG => libc::DT_REG,
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFCHR => libc::DT_CHR,
+        libc::S_IFBLK => libc::DT_BLK,
+        libc::S_IFIFO => libc::DT_FIFO,
+        libc::S_IFSOCK => libc::DT_SOCK,
+        _ => libc::DT_UNKNOWN,
+    }
+}
+
+fn unsafe_zeroed_stat() -> crate::sys::Stat {
+    crate::sys::zeroed_stat()
+}

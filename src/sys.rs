@@ -1,0 +1,577 @@
+//! Every raw syscall and every `unsafe` block of ovlfuse lives here.
+//!
+//! The wrappers are thin: they take fds and C strings and return `io::Result`.
+//! Paths are always relative to a directory fd (a layer root or a parent dir).
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub type Stat = libc::stat;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_ssize(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Turns a Rust string into a C string; an interior NUL is EINVAL.
+pub fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+const RESOLVE_BENEATH: u64 = 0x08;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens `path` below `dir` without following any symlink on the way and
+/// without leaving `dir` (openat2 RESOLVE_BENEATH). Falls back to openat with
+/// O_NOFOLLOW on kernels without openat2.
+pub fn open_beneath(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let flags = flags | libc::O_CLOEXEC;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let how = OpenHow {
+            flags: flags as u64,
+            mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode as u64 } else { 0 },
+            resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: `how` is a valid open_how and `path` a valid C string.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel returned a new fd that we own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            // A symlink on the way is not a directory for an overlay walk.
+            Some(libc::ELOOP) if flags & libc::O_NOFOLLOW == 0 => {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP))
+            }
+            _ => return Err(err),
+        }
+    }
+    openat(dir, path, flags | libc::O_NOFOLLOW, mode)
+}
+
+pub fn openat(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall on valid pointers.
+    let fd = cvt(unsafe {
+        libc::openat(dir.as_raw_fd(), path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint)
+    })?;
+    // SAFETY: new fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn open_path(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: new fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn fstatat(dir: BorrowedFd, path: &CStr) -> io::Result<Stat> {
+    let mut st = std::mem::MaybeUninit::<Stat>::uninit();
+    // SAFETY: st is a valid out pointer.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
+        )
+    })?;
+    // SAFETY: initialised by a successful fstatat.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fstat(fd: BorrowedFd) -> io::Result<Stat> {
+    let mut st = std::mem::MaybeUninit::<Stat>::uninit();
+    // SAFETY: st is a valid out pointer.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: initialised by a successful fstat.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fstatfs(fd: BorrowedFd) -> io::Result<libc::statvfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid out pointer.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: initialised on success.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdirat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dir: BorrowedFd, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+pub fn readlinkat(dir: BorrowedFd, path: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is writable for its length.
+    let n = cvt_ssize(unsafe {
+        libc::readlinkat(dir.as_raw_fd(), path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn unlinkat(dir: BorrowedFd, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn linkat(odir: BorrowedFd, oname: &CStr, ndir: BorrowedFd, nname: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe {
+        libc::linkat(odir.as_raw_fd(), oname.as_ptr(), ndir.as_raw_fd(), nname.as_ptr(), flags)
+    })
+    .map(drop)
+}
+
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+pub const RENAME_WHITEOUT: u32 = libc::RENAME_WHITEOUT;
+
+pub fn renameat2(odir: BorrowedFd, oname: &CStr, ndir: BorrowedFd, nname: &CStr, flags: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe {
+        libc::renameat2(odir.as_raw_fd(), oname.as_ptr(), ndir.as_raw_fd(), nname.as_ptr(), flags)
+    })
+    .map(drop)
+}
+
+pub fn fchmodat(dir: BorrowedFd, path: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), path.as_ptr(), mode, 0) }).map(drop)
+}
+
+pub fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+/// lchown relative to `dir`; u32::MAX leaves an id unchanged.
+pub fn fchownat(dir: BorrowedFd, path: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+pub const UTIME_OMIT: i64 = libc::UTIME_OMIT;
+pub const UTIME_NOW: i64 = libc::UTIME_NOW;
+
+/// Sets atime and mtime (seconds, nanoseconds); UTIME_* constants allowed in nsec.
+pub fn utimensat(dir: BorrowedFd, path: &CStr, times: [(i64, i64); 2]) -> io::Result<()> {
+    let ts = times.map(|(s, n)| libc::timespec { tv_sec: s as _, tv_nsec: n as _ });
+    // SAFETY: ts points at two timespecs.
+    cvt(unsafe {
+        libc::utimensat(dir.as_raw_fd(), path.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH)
+    })
+    .map(drop)
+}
+
+pub fn ftruncate(fd: BorrowedFd, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) }).map(drop)
+}
+
+pub fn fsync(fd: BorrowedFd, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+pub fn pread(fd: BorrowedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    // SAFETY: buf is writable for its length.
+    cvt_ssize(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off as libc::off_t) })
+}
+
+pub fn pwrite(fd: BorrowedFd, buf: &[u8], off: u64) -> io::Result<usize> {
+    // SAFETY: buf is readable for its length.
+    cvt_ssize(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off as libc::off_t) })
+}
+
+pub fn fallocate(fd: BorrowedFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) }).map(drop)
+}
+
+pub fn lseek(fd: BorrowedFd, off: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as i64)
+    }
+}
+
+pub fn copy_file_range(fin: BorrowedFd, off_in: u64, fout: BorrowedFd, off_out: u64, len: usize) -> io::Result<usize> {
+    let mut oi = off_in as libc::loff_t;
+    let mut oo = off_out as libc::loff_t;
+    // SAFETY: offsets are valid out pointers.
+    cvt_ssize(unsafe { libc::copy_file_range(fin.as_raw_fd(), &mut oi, fout.as_raw_fd(), &mut oo, len, 0) })
+}
+
+/// Shares all blocks of `src` with `dst` (reflink); EOPNOTSUPP/EXDEV/EINVAL where unsupported.
+pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as its argument.
+    cvt(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) }).map(drop)
+}
+
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::umask(mask) }
+}
+
+/// Reads all entries of an open directory fd (from offset 0): (name, d_ino, d_type).
+pub fn read_dir(fd: BorrowedFd) -> io::Result<Vec<(OsString, u64, u8)>> {
+    lseek(fd, 0, libc::SEEK_SET)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        let mut pos = 0usize;
+        while pos < n as usize {
+            // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name[]
+            let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap());
+            let reclen = u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().unwrap()) as usize;
+            let dtype = buf[pos + 18];
+            let name_bytes = &buf[pos + 19..pos + reclen];
+            let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push((OsString::from_vec(name.to_vec()), ino, dtype));
+            }
+            pos += reclen;
+        }
+    }
+    Ok(out)
+}
+
+// xattrs relative to a dir fd: getxattrat & co. (Linux 6.13) where the kernel
+// has them, else the same call through /proc/self/fd/N/path without following
+// the last symlink.
+static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+fn proc_path(dir: BorrowedFd, path: &CStr) -> CString {
+    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
+    if path.to_bytes() != b"." && !path.to_bytes().is_empty() {
+        p.push(b'/');
+        p.extend_from_slice(path.to_bytes());
+    }
+    CString::new(p).expect("no NUL")
+}
+
+fn xattrat_missing(r: libc::c_long) -> bool {
+    r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) && {
+        NO_XATTRAT.store(true, Ordering::Relaxed);
+        true
+    }
+}
+
+fn at_flags(path: &CStr) -> libc::c_uint {
+    let mut f = libc::AT_SYMLINK_NOFOLLOW as libc::c_uint;
+    if path.to_bytes().is_empty() {
+        f |= libc::AT_EMPTY_PATH as libc::c_uint;
+    }
+    f
+}
+
+/// Value of xattr `name` of `dir/path` (not following a final symlink).
+pub fn getxattr(dir: BorrowedFd, path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match getxattr_buf(dir, path, name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 65536 => {
+                let want = getxattr_buf(dir, path, name, &mut [])?;
+                buf.resize(want.max(buf.len() * 2).min(65536), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// getxattr into `buf`; an empty buf asks for the size.
+pub fn getxattr_buf(dir: BorrowedFd, path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        let mut args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+        // SAFETY: args describes buf, which is writable for its length.
+        let r = unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                at_flags(path),
+                name.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        if !xattrat_missing(r) {
+            return cvt_ssize(r as libc::ssize_t);
+        }
+    }
+    let p = proc_path(dir, path);
+    // SAFETY: buf is writable for its length.
+    cvt_ssize(unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn setxattr(dir: BorrowedFd, path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: flags as u32 };
+        // SAFETY: args describes value, which is readable for its length.
+        let r = unsafe {
+            libc::syscall(
+                SYS_SETXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                at_flags(path),
+                name.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        if !xattrat_missing(r) {
+            return cvt_ssize(r as libc::ssize_t).map(drop);
+        }
+    }
+    let p = proc_path(dir, path);
+    // SAFETY: value is readable for its length.
+    cvt(unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) }).map(drop)
+}
+
+pub fn removexattr(dir: BorrowedFd, path: &CStr, name: &CStr) -> io::Result<()> {
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        // SAFETY: plain syscall on valid strings.
+        let r = unsafe {
+            libc::syscall(SYS_REMOVEXATTRAT, dir.as_raw_fd(), path.as_ptr(), at_flags(path), name.as_ptr())
+        };
+        if !xattrat_missing(r) {
+            return cvt_ssize(r as libc::ssize_t).map(drop);
+        }
+    }
+    let p = proc_path(dir, path);
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+fn listxattr_buf(dir: BorrowedFd, path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    if !NO_XATTRAT.load(Ordering::Relaxed) {
+        // SAFETY: buf is writable for its length.
+        let r = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                at_flags(path),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if !xattrat_missing(r) {
+            return cvt_ssize(r as libc::ssize_t);
+        }
+    }
+    let p = proc_path(dir, path);
+    // SAFETY: buf is writable for its length.
+    cvt_ssize(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// All xattr names of `dir/path`.
+pub fn listxattr(dir: BorrowedFd, path: &CStr) -> io::Result<Vec<OsString>> {
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        match listxattr_buf(dir, path, &mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                let want = listxattr_buf(dir, path, &mut [])?;
+                buf.resize(want.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(buf[..n]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsStr::from_bytes(s).to_os_string())
+        .collect())
+}
+
+// Process control, used only by the command line front end.
+
+pub fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: called while the process has a single thread.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+pub fn setsid() {
+    // SAFETY: plain syscall; failure (already a leader) is harmless.
+    unsafe { libc::setsid() };
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+pub fn detach_stdio() {
+    // SAFETY: plain syscalls on a fd we opened.
+    unsafe {
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if fd >= 0 {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: ends the process without running destructors (the child owns the mount).
+    unsafe { libc::_exit(code) }
+}
+
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out array.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn write_fd(fd: BorrowedFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: data is readable for its length.
+    cvt_ssize(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })
+}
+
+pub fn read_fd(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is writable for its length.
+    cvt_ssize(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and threads spawned later)
+/// and returns the set, to be waited for with `wait_signal`.
+pub fn block_term_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+pub fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: set is a valid sigset, sig a valid out pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::geteuid() }
+}
+
+pub fn borrow_raw(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: used for fds that live as long as the process (layer roots).
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    libc::makedev(major, minor)
+}
+
+pub fn major_minor(dev: u64) -> (u32, u32) {
+    (libc::major(dev), libc::minor(dev))
+}
+
+pub fn zeroed_stat() -> Stat {
+    // SAFETY: stat is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}

@@ -1,0 +1,69 @@
+//! Extended attributes as users see them: private overlay names hidden and
+//! refused, user-set `overlay.*` names escaped as the kernel does.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use crate::copy_up::CopyUp;
+use crate::node::Node;
+use crate::sys;
+use crate::{errno, OvlFs, Result};
+
+impl OvlFs {
+    pub fn getxattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<Vec<u8>> {
+        if self.xn.is_private(name) || self.cfg.noxattrs {
+            return errno(libc::ENODATA);
+        }
+        let (layer, path) = self.real(node)?;
+        let stored = sys::cstr(&self.xn.escape(name))?;
+        Ok(layer.getxattr(&path, &stored)?)
+    }
+
+    /// NUL-separated list of the names a user sees.
+    pub fn listxattr(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        if self.cfg.noxattrs {
+            return Ok(Vec::new());
+        }
+        let (layer, path) = self.real(node)?;
+        let mut out = Vec::new();
+        for n in layer.listxattr(&path)? {
+            if let Some(shown) = self.xn.unescape(&n) {
+                out.extend_from_slice(shown.as_bytes());
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, node: &Arc<Node>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if self.read_only() {
+            return errno(libc::EROFS);
+        }
+        if self.xn.is_private(name) {
+            return errno(libc::EPERM);
+        }
+        if self.cfg.noxattrs {
+            return errno(libc::EOPNOTSUPP);
+        }
+        self.copy_up(node, CopyUp::Data)?;
+        let path = self.path_of(node)?;
+        let stored = sys::cstr(&self.xn.escape(name))?;
+        Ok(self.upper()?.setxattr(&path, &stored, value, flags)?)
+    }
+
+    pub fn removexattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<()> {
+        if self.read_only() {
+            return errno(libc::EROFS);
+        }
+        if self.xn.is_private(name) {
+            return errno(libc::ENODATA);
+        }
+        // Nothing to remove: fail without copying up.
+        self.getxattr(node, name)?;
+        self.copy_up(node, CopyUp::Data)?;
+        let path = self.path_of(node)?;
+        let stored = sys::cstr(&self.xn.escape(name))?;
+        Ok(self.upper()?.removexattr(&path, &stored)?)
+    }
+}
