@@ -89,6 +89,9 @@ impl OvlFs {
     /// Makes sure `node` (and every parent) exists in the upper layer.
     pub fn copy_up(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
         if node.has_upper() {
+            if !node.is_dir() && node.alias_count() > 1 {
+                self.link_up_alias(node)?;
+            }
             return Ok(());
         }
         self.upper()?;
@@ -127,7 +130,39 @@ impl OvlFs {
         self.sync_dir(&pfd);
         self.copied.insert(upper_ino, node.ino);
         node.set_upper();
+        if node.is_dir() {
+            // A dir that gains an upper becomes merged: its nlink shows as 1.
+            self.invalidate_attr(node.ino);
+        }
         Ok(())
+    }
+
+    /// Copies up the name `name` in `parent` of a (possibly hard-linked) object.
+    pub fn copy_up_name(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &std::ffi::OsStr, how: CopyUp) -> Result<()> {
+        node.promote_alias(parent, name);
+        self.copy_up(node, how)
+    }
+
+    /// A hard-linked lower file was copied up through another name: give
+    /// the first name the same upper inode by linking it.
+    fn link_up_alias(&self, node: &Arc<Node>) -> Result<()> {
+        let upper = self.upper()?;
+        let path = self.path_of(node)?;
+        if upper.try_stat(&path)?.is_some() {
+            return Ok(());
+        }
+        let others: Vec<(Arc<Node>, std::ffi::OsString)> = node.state.read().aliases.iter().skip(1).cloned().collect();
+        for (p, n) in others {
+            let Ok(pp) = self.path_of(&p) else { continue };
+            let src = crate::layer::join(&pp, &n);
+            if upper.try_stat(&src)?.is_some() {
+                self.copy_up(&node.parent().ok_or(Errno(libc::ENOENT))?, CopyUp::Data)?;
+                let (pfd, cname) = self.upper_parent(&path)?;
+                sys::linkat(upper.fd(), &crate::layer::to_c(&src)?, pfd.as_fd(), &cname, 0)?;
+                return Ok(());
+            }
+        }
+        errno(libc::EIO)
     }
 
     fn build_copy(&self, lower: &Layer, lpath: &[u8], st: &Stat, work: &OwnedFd, tmp: &CStr, how: CopyUp) -> Result<()> {

@@ -219,7 +219,16 @@ impl OvlFs {
         let path = join(&self.path_of(parent)?, name);
         let (pfd, cname) = self.upper_parent(&path)?;
         let has_lower = !node.state.read().lowers.is_empty();
-        if node.has_upper() && self.upper()?.try_stat(&path)?.is_some() {
+        let in_upper = node.has_upper() && self.upper()?.try_stat(&path)?.is_some();
+        if in_upper && !want_dir && node.alias_count() > 1 {
+            // Other names may still be lower-only: give one of them the upper
+            // inode first, so the data survives this unlink.
+            let others: Vec<_> = node.state.read().aliases.iter().filter(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name)).cloned().collect();
+            if let Some((op, on)) = others.first() {
+                self.copy_up_name(&node, op, on, CopyUp::Data)?;
+            }
+        }
+        if in_upper {
             if has_lower || self.lower_positive(parent, name)? {
                 self.whiteout_over(&pfd, &cname, want_dir)?;
             } else if want_dir {
@@ -293,24 +302,32 @@ impl OvlFs {
         }
         self.copy_up(parent, CopyUp::Data)?;
         self.copy_up(newparent, CopyUp::Data)?;
-        self.copy_up(&src, CopyUp::Data)?;
+        self.copy_up_name(&src, parent, name, CopyUp::Data)?;
         if let (true, Some((d, _))) = (exchange, &dst) {
-            self.copy_up(d, CopyUp::Data)?;
+            self.copy_up_name(d, newparent, newname, CopyUp::Data)?;
         }
         let spath = join(&self.path_of(parent)?, name);
         let dpath = join(&self.path_of(newparent)?, newname);
         let (spfd, sname) = self.upper_parent(&spath)?;
         let (dpfd, dname) = self.upper_parent(&dpath)?;
         if exchange {
-            sys::renameat2(spfd.as_fd(), &sname, dpfd.as_fd(), &dname, sys::RENAME_EXCHANGE)?;
             let (d, _) = dst.expect("checked");
+            if src_dir && Self::is_merged_dir(newparent) {
+                self.set_opaque(spfd.as_fd(), &sname)?;
+            }
+            if d.is_dir() && Self::is_merged_dir(parent) {
+                self.set_opaque(dpfd.as_fd(), &dname)?;
+            }
+            sys::renameat2(spfd.as_fd(), &sname, dpfd.as_fd(), &dname, sys::RENAME_EXCHANGE)?;
             src.rename_alias(parent, name, newparent, newname);
             d.rename_alias(newparent, newname, parent, name);
             return Ok(());
         }
         let src_needs_wh = self.lower_positive(parent, name)?;
         let dup = self.upper()?.try_stat(&dpath)?;
-        if src_dir && (self.lower_positive(newparent, newname)? || dup.as_ref().is_some_and(format::is_whiteout)) {
+        // Like the kernel: a pure upper dir moving into a merged dir becomes
+        // opaque, so lower entries of its new name can never show through.
+        if src_dir && Self::is_merged_dir(newparent) {
             self.set_opaque(spfd.as_fd(), &sname)?;
         }
         match dup {

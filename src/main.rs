@@ -78,7 +78,7 @@ fn main() {
     for w in cfg.warnings.drain(..) {
         eprintln!("{w}");
     }
-    let level = if cli.debug { "debug" } else { "info,fuser=warn" };
+    let level = if cli.debug { "debug" } else { "info,fuser=error" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let cwd = std::env::current_dir().unwrap_or_else(|e| die(format!("cannot read the current directory: {e}")));
     let mnt = cfg.validate(&cwd, &mountpoint).unwrap_or_else(|e| die(e));
@@ -115,11 +115,17 @@ fn main() {
     fcfg.clone_fd = true;
 
     let fs = Arc::new(OvlFs::new(cfg).unwrap_or_else(|e| die(e)));
+    let core = fs.clone();
     let foreground = cli.foreground || cli.debug;
     // The mount is made and the FUSE handshake done before we detach, so the
     // starting process returns only once the mount is live.
     let mut session = fuser::Session::new(OvlFuse::new(fs), &mnt, &fcfg)
         .unwrap_or_else(|e| die(format!("cannot mount on {}: {e}", mnt.display())));
+    let notifier = session.notifier();
+    let _ = core.inval_attr.set(Box::new(move |ino| {
+        let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+    }));
+    drop(core);
     if !foreground {
         match sys::fork() {
             Ok(0) => {

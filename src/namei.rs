@@ -102,7 +102,12 @@ impl OvlFs {
         match self.lookup_found(parent, name)? {
             Some((found, st)) => {
                 let merged_dir = found.kind == libc::S_IFDIR && found.upper as usize + found.lowers.len() > 1;
+                let found_upper = found.upper;
                 let node = self.nodes.intern(parent, name, found, count);
+                if node.has_upper() && !found_upper {
+                    // Another name of a file already copied up: its data lives there.
+                    return Ok((node.clone(), self.getattr(&node, None)?));
+                }
                 let mut st = st;
                 self.fix_stat(&node, &mut st, merged_dir);
                 Ok((node, st))

@@ -140,9 +140,22 @@ impl Node {
     pub fn remove_alias(&self, parent: &Arc<Node>, name: &OsStr, last_link: bool) {
         let mut st = self.state.write();
         st.aliases.retain(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name));
-        if last_link || st.aliases.is_empty() {
+        if last_link && st.aliases.is_empty() {
             st.dead = true;
         }
+    }
+
+    /// Makes (parent, name) the name that path() uses.
+    pub fn promote_alias(&self, parent: &Arc<Node>, name: &OsStr) {
+        let mut st = self.state.write();
+        if let Some(i) = st.aliases.iter().position(|(p, n)| Arc::ptr_eq(p, parent) && n == name) {
+            let a = st.aliases.remove(i);
+            st.aliases.insert(0, a);
+        }
+    }
+
+    pub fn alias_count(&self) -> usize {
+        self.state.read().aliases.len()
     }
 
     pub fn rename_alias(&self, old_parent: &Arc<Node>, old: &OsStr, new_parent: &Arc<Node>, new: &OsStr) {

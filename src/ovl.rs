@@ -20,7 +20,6 @@ use crate::readdir::DirHandle;
 use crate::sys;
 use crate::{errno, Errno, Result};
 
-#[derive(Debug)]
 pub struct OvlFs {
     pub cfg: Config,
     pub upper: Option<Layer>,
@@ -40,6 +39,9 @@ pub struct OvlFs {
     pub xino_bits: u32,
     /// Distinct st_dev values of the layers, upper first: index = fsid.
     pub fs_devs: Vec<u64>,
+    /// Tells the kernel to drop its cached attributes of a node (set by the
+    /// FUSE front end; absent when the core runs without a mount).
+    pub inval_attr: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 fn io_err(what: &str, path: &std::path::Path, e: io::Error) -> String {
@@ -110,6 +112,7 @@ impl OvlFs {
             copied: DashMap::new(),
             xino_bits,
             fs_devs,
+            inval_attr: std::sync::OnceLock::new(),
         })
     }
 
@@ -197,6 +200,13 @@ impl OvlFs {
             }
         }
         Ok(false)
+    }
+
+    /// Attributes the kernel cached for `ino` changed behind its back.
+    pub fn invalidate_attr(&self, ino: u64) {
+        if let Some(f) = self.inval_attr.get() {
+            f(ino);
+        }
     }
 
     pub fn check_name(name: &OsStr) -> Result<()> {

@@ -1,0 +1,543 @@
+//! Test fixtures: identical layer trees mounted with kernel overlayfs and with
+//! ovlfuse, helpers to run the same operations on both, and tree dumps.
+//! Every mount is undone and every daemon ended (by pid) in Drop.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const FIXED_MTIME: i64 = 1_000_000_000;
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ovlfuse")
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "ovlfuse-t-{}-{}-{}",
+            std::process::id(),
+            tag,
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4).map(|m| Path::new(m) == want).unwrap_or(false))
+}
+
+pub fn umount(p: &Path) {
+    for _ in 0..50 {
+        if !is_mounted(p) {
+            return;
+        }
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain syscall on a valid path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: lazy detach as the last resort.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// Kernel overlayfs mounted on `mnt`; unmounted on drop.
+pub struct KernelMount {
+    pub mnt: PathBuf,
+}
+
+impl KernelMount {
+    pub fn new(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, mnt: &Path, extra: &str) -> KernelMount {
+        let mut o = format!("lowerdir={}", join_lowers(lowers));
+        if let Some((u, w)) = upper {
+            o += &format!(",upperdir={},workdir={}", u.display(), w.display());
+        }
+        if !extra.is_empty() {
+            o += ",";
+            o += extra;
+        }
+        let st = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(mnt).status().unwrap();
+        assert!(st.success(), "kernel overlay mount failed: {o}");
+        KernelMount { mnt: mnt.to_path_buf() }
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        umount(&self.mnt);
+    }
+}
+
+pub fn join_lowers(l: &[PathBuf]) -> String {
+    l.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+}
+
+/// ovlfuse running in the foreground as our child; unmounted and reaped on drop.
+pub struct OvlMount {
+    pub mnt: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl OvlMount {
+    pub fn new(opts: &str, mnt: &Path) -> OvlMount {
+        let child = Command::new(bin())
+            .args(["-f", "-o", opts])
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn ovlfuse");
+        let mut m = OvlMount { mnt: mnt.to_path_buf(), child: Some(child) };
+        let t = Instant::now();
+        while !is_mounted(mnt) {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ovlfuse exited before mounting: {st}");
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "ovlfuse did not mount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn layers(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, mnt: &Path, extra: &str) -> OvlMount {
+        let mut o = format!("lowerdir={}", join_lowers(lowers));
+        if let Some((u, w)) = upper {
+            o += &format!(",upperdir={},workdir={}", u.display(), w.display());
+        }
+        if !extra.is_empty() {
+            o += ",";
+            o += extra;
+        }
+        OvlMount::new(&o, mnt)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Unmounts and waits for the daemon to exit; returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        umount(&self.mnt);
+        let mut child = self.child.take()?;
+        let t = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return Some(st);
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OvlMount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---- layer building ----
+
+pub fn mknod(p: &Path, mode: u32, dev: u64) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
+    assert_eq!(r, 0, "mknod {}", p.display());
+}
+
+pub fn whiteout(p: &Path) {
+    mknod(p, libc::S_IFCHR, 0);
+}
+
+pub fn set_xattr(p: &Path, name: &str, v: &[u8]) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid pointers.
+    let r = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(r, 0, "setxattr {name} on {}", p.display());
+}
+
+pub fn get_xattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid pointers.
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(errno());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+pub fn list_xattr(p: &Path) -> Result<Vec<String>, i32> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: valid pointers.
+    let r = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(errno());
+    }
+    let mut v: Vec<String> = buf[..r as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .filter(|s| !s.starts_with("security."))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub fn set_mtime(p: &Path, t: i64) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let ts = [libc::timespec { tv_sec: t, tv_nsec: 0 }, libc::timespec { tv_sec: t, tv_nsec: 0 }];
+    // SAFETY: valid pointers.
+    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+}
+
+/// Sets every object below `root` to FIXED_MTIME, deepest first.
+pub fn fix_times(root: &Path) {
+    let mut all = Vec::new();
+    collect(root, &mut all);
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in all {
+        set_mtime(&p, FIXED_MTIME);
+    }
+    set_mtime(root, FIXED_MTIME);
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect(&path, out);
+            }
+            out.push(path);
+        }
+    }
+}
+
+pub fn write(p: &Path, data: &[u8]) {
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(p, data).unwrap();
+}
+
+/// Three lowers with files, dirs, symlinks, hard links, a fifo, xattrs,
+/// whiteouts and an opaque dir; `aufs` writes `.wh.` markers instead of the
+/// kernel's char 0/0 and opaque xattr.
+pub fn build_lowers(base: &Path, aufs: bool) -> Vec<PathBuf> {
+    let l1 = base.join("l1");
+    let l2 = base.join("l2");
+    let l3 = base.join("l3");
+    for l in [&l1, &l2, &l3] {
+        fs::create_dir_all(l).unwrap();
+    }
+    // bottom
+    write(&l3.join("a/x"), b"x from l3\n");
+    write(&l3.join("a/y"), b"y from l3\n");
+    write(&l3.join("a/sub/z"), b"z\n");
+    write(&l3.join("hard1"), b"linked\n");
+    fs::hard_link(l3.join("hard1"), l3.join("hard2")).unwrap();
+    write(&l3.join("deep/1/2/3/file"), b"deep\n");
+    mknod(&l3.join("fifo"), libc::S_IFIFO | 0o644, 0);
+    std::os::unix::fs::symlink("a/x", l3.join("sym")).unwrap();
+    write(&l3.join("xat"), b"with xattr\n");
+    set_xattr(&l3.join("xat"), "user.test", b"value");
+    write(&l3.join("opq/hidden"), b"hidden\n");
+    write(&l3.join("wh-me"), b"to be whited out\n");
+    write(&l3.join("gone-dir/inner"), b"i\n");
+    write(&l3.join("ro"), b"read only\n");
+    fs::set_permissions(l3.join("ro"), fs::Permissions::from_mode(0o444)).unwrap();
+    {
+        let f = fs::File::create(l3.join("sparse")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_at(b"middle", 512 * 1024).unwrap();
+    }
+    // middle
+    write(&l2.join("a/w"), b"w from l2\n");
+    write(&l2.join("opq/visible"), b"visible\n");
+    write(&l2.join("emptyish/.keep"), b"");
+    if aufs {
+        write(&l2.join("a/.wh.y"), b"");
+        write(&l2.join(".wh.wh-me"), b"");
+        write(&l2.join(".wh.gone-dir"), b"");
+        write(&l2.join("opq/.wh..wh..opq"), b"");
+    } else {
+        whiteout(&l2.join("a/y"));
+        whiteout(&l2.join("wh-me"));
+        whiteout(&l2.join("gone-dir"));
+        set_xattr(&l2.join("opq"), "trusted.overlay.opaque", b"y");
+    }
+    // top
+    write(&l1.join("top"), b"top file\n");
+    write(&l1.join("a/x"), b"x from l1\n");
+    fs::create_dir_all(l1.join("emptydir")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", l1.join("abs")).unwrap();
+    write(&l1.join("owned"), b"owned by 1000\n");
+    std::os::unix::fs::chown(l1.join("owned"), Some(1000), Some(1000)).unwrap();
+    fs::set_permissions(l1.join("owned"), fs::Permissions::from_mode(0o640)).unwrap();
+    for l in [&l1, &l2, &l3] {
+        fix_times(l);
+    }
+    vec![l1, l2, l3]
+}
+
+/// Kernel and ovlfuse mounted over identical copies of the fixture.
+pub struct Pair {
+    pub scratch: Scratch,
+    pub kernel: Option<KernelMount>,
+    pub ovl: Option<OvlMount>,
+    pub k_upper: PathBuf,
+    pub o_upper: PathBuf,
+    pub k_lowers: Vec<PathBuf>,
+    pub o_lowers: Vec<PathBuf>,
+    pub k_mnt: PathBuf,
+    pub o_mnt: PathBuf,
+    pub k_opts: String,
+    pub o_opts: String,
+}
+
+impl Pair {
+    /// Kernel mounted with `k_opts`, ovlfuse with `o_opts` (extra options).
+    pub fn new(k_opts: &str, o_opts: &str) -> Pair {
+        Self::with_lowers(k_opts, o_opts, |b| build_lowers(b, false), |b| build_lowers(b, false))
+    }
+
+    pub fn with_lowers(
+        k_opts: &str,
+        o_opts: &str,
+        kb: impl Fn(&Path) -> Vec<PathBuf>,
+        ob: impl Fn(&Path) -> Vec<PathBuf>,
+    ) -> Pair {
+        let scratch = Scratch::new("pair");
+        let k = scratch.0.join("k");
+        let o = scratch.0.join("o");
+        for d in [&k, &o] {
+            for s in ["u", "w", "m"] {
+                fs::create_dir_all(d.join(s)).unwrap();
+            }
+        }
+        let k_lowers = kb(&k);
+        let o_lowers = ob(&o);
+        let mut p = Pair {
+            k_upper: k.join("u"),
+            o_upper: o.join("u"),
+            k_mnt: k.join("m"),
+            o_mnt: o.join("m"),
+            k_lowers,
+            o_lowers,
+            scratch,
+            kernel: None,
+            ovl: None,
+            k_opts: k_opts.into(),
+            o_opts: o_opts.into(),
+        };
+        p.mount();
+        p
+    }
+
+    pub fn mount(&mut self) {
+        let k = self.scratch.0.join("k");
+        let o = self.scratch.0.join("o");
+        self.kernel =
+            Some(KernelMount::new(&self.k_lowers, Some((&self.k_upper, &k.join("w"))), &self.k_mnt, &self.k_opts));
+        self.ovl = Some(OvlMount::layers(&self.o_lowers, Some((&self.o_upper, &o.join("w"))), &self.o_mnt, &self.o_opts));
+    }
+
+    pub fn unmount(&mut self) {
+        self.kernel = None;
+        if let Some(mut o) = self.ovl.take() {
+            let st = o.stop();
+            assert!(st.map(|s| s.success()).unwrap_or(false), "ovlfuse exited with {st:?}");
+        }
+    }
+
+    /// Runs `f` on both mounts and asserts the same outcome.
+    pub fn both<T: PartialEq + std::fmt::Debug>(&self, what: &str, f: impl Fn(&Path) -> T) -> T {
+        let k = f(&self.k_mnt);
+        let o = f(&self.o_mnt);
+        assert_eq!(o, k, "{what}: ovlfuse (left) differs from kernel (right)");
+        o
+    }
+
+    pub fn assert_same_tree(&self) {
+        let k = dump_tree(&self.k_mnt);
+        let o = dump_tree(&self.o_mnt);
+        assert_maps_eq(&o, &k, "merged view");
+    }
+
+    pub fn assert_same_upper(&self) {
+        let k = dump_upper(&self.k_upper);
+        let o = dump_upper(&self.o_upper);
+        assert_maps_eq(&o, &k, "upper dir");
+    }
+}
+
+pub fn assert_maps_eq(o: &BTreeMap<String, String>, k: &BTreeMap<String, String>, what: &str) {
+    let mut diffs = Vec::new();
+    for (p, kv) in k {
+        match o.get(p) {
+            Some(ov) if ov == kv => {}
+            Some(ov) => diffs.push(format!("  {p}:\n    ovlfuse {ov}\n    kernel  {kv}")),
+            None => diffs.push(format!("  {p}: missing in ovlfuse (kernel: {kv})")),
+        }
+    }
+    for (p, ov) in o {
+        if !k.contains_key(p) {
+            diffs.push(format!("  {p}: only in ovlfuse ({ov})"));
+        }
+    }
+    assert!(diffs.is_empty(), "{what} differs:\n{}", diffs.join("\n"));
+}
+
+fn kind(m: u32) -> &'static str {
+    match m & libc::S_IFMT {
+        libc::S_IFDIR => "dir",
+        libc::S_IFREG => "file",
+        libc::S_IFLNK => "link",
+        libc::S_IFIFO => "fifo",
+        libc::S_IFCHR => "chr",
+        libc::S_IFBLK => "blk",
+        libc::S_IFSOCK => "sock",
+        _ => "?",
+    }
+}
+
+pub fn hash(data: &[u8]) -> u64 {
+    // FNV-1a: enough to tell contents apart in a test.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Everything a user sees of a tree: types, modes, owners, sizes, link
+/// counts, contents, targets, xattrs and preserved times.
+pub fn dump_tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    dump(root, root, &mut out, false);
+    out
+}
+
+/// The upper dir as the kernel format sees it: entries, whiteouts, opaque
+/// markers, contents (private xattrs other than opaque are left out).
+pub fn dump_upper(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    dump(root, root, &mut out, true);
+    out
+}
+
+fn dump(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, upper: bool) {
+    let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    for name in names {
+        let p = dir.join(&name);
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let md = fs::symlink_metadata(&p).unwrap();
+        let m = md.mode();
+        let mut d = format!("{} {:o} {}:{}", kind(m), m & 0o7777, md.uid(), md.gid());
+        match m & libc::S_IFMT {
+            libc::S_IFREG => {
+                let mut data = Vec::new();
+                fs::File::open(&p).unwrap().read_to_end(&mut data).unwrap();
+                d += &format!(" size={} data={:x}", md.len(), hash(&data));
+            }
+            libc::S_IFLNK => d += &format!(" -> {}", fs::read_link(&p).unwrap().display()),
+            libc::S_IFCHR | libc::S_IFBLK => d += &format!(" rdev={}", md.rdev()),
+            _ => {}
+        }
+        if !upper || m & libc::S_IFMT != libc::S_IFCHR {
+            if !(upper && m & libc::S_IFMT == libc::S_IFDIR) {
+                d += &format!(" nlink={}", md.nlink());
+            }
+        }
+        if md.mtime() == FIXED_MTIME {
+            d += " mtime=fixed";
+        }
+        let xs: Vec<String> = list_xattr(&p)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !upper || !n.starts_with("trusted.overlay.") || n == "trusted.overlay.opaque")
+            .map(|n| format!("{n}={:?}", String::from_utf8_lossy(&get_xattr(&p, &n).unwrap_or_default())))
+            .collect();
+        if !xs.is_empty() {
+            d += &format!(" xattrs[{}]", xs.join(","));
+        }
+        out.insert(rel, d);
+        if m & libc::S_IFMT == libc::S_IFDIR && !(upper && rel_is_work(&p)) {
+            dump(root, &p, out, upper);
+        }
+    }
+}
+
+fn rel_is_work(_p: &Path) -> bool {
+    false
+}
+
+/// Result of a syscall-ish op as a comparable string.
+pub fn res<T>(r: std::io::Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(-1)),
+    }
+}
+
+pub fn append(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new().append(true).open(p)?;
+    f.write_all(data)
+}
+
+pub fn read(p: &Path) -> Result<Vec<u8>, i32> {
+    fs::read(p).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+pub fn ls(p: &Path) -> Result<Vec<String>, i32> {
+    let mut v: Vec<String> = fs::read_dir(p)
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))?
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}

@@ -1,0 +1,335 @@
+//! Operation-by-operation comparison of ovlfuse with kernel overlayfs on
+//! identical layers: each op's result or errno, the merged tree after, and the
+//! upper dir (whiteouts, opaque markers, contents) after unmount.
+
+#![allow(unused_must_use)]
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+
+const K: &str = "redirect_dir=off,index=off";
+const O: &str = "redirect_dir=off,index=off";
+
+fn finish(mut p: Pair) {
+    p.assert_same_tree();
+    p.unmount();
+    p.assert_same_upper();
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn sys_res(r: libc::c_int) -> String {
+    if r < 0 {
+        format!("errno {}", errno())
+    } else {
+        "ok".into()
+    }
+}
+
+fn renameat2(a: &Path, b: &Path, flags: u32) -> String {
+    let (a, b) = (c(a), c(b));
+    // SAFETY: valid C strings.
+    sys_res(unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) })
+}
+
+fn mknod_res(p: &Path, mode: u32, dev: u64) -> String {
+    let p = c(p);
+    // SAFETY: valid C string.
+    sys_res(unsafe { libc::mknod(p.as_ptr(), mode, dev) })
+}
+
+#[test]
+fn initial_view_matches() {
+    let p = Pair::new(K, O);
+    for d in ["", "a", "opq", "deep/1/2/3", "emptyish"] {
+        p.both(&format!("ls {d}"), |m| ls(&m.join(d)));
+    }
+    for f in ["a/x", "a/y", "wh-me", "gone-dir", "opq/hidden", "sym", "abs", "nope"] {
+        p.both(&format!("lstat {f}"), |m| res(fs::symlink_metadata(m.join(f))));
+    }
+    p.both("readlink", |m| fs::read_link(m.join("sym")).map_err(|e| e.raw_os_error()));
+    p.both("d_type", |m| {
+        let mut v: Vec<(String, bool, bool, bool)> = fs::read_dir(m)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let t = e.file_type().unwrap();
+                (e.file_name().to_string_lossy().into_owned(), t.is_dir(), t.is_symlink(), t.is_file())
+            })
+            .collect();
+        v.sort();
+        v
+    });
+    finish(p);
+}
+
+#[test]
+fn copy_up_on_write_keeps_metadata_and_open_readers() {
+    let p = Pair::new(K, O);
+    p.both("append x", |m| res(append(&m.join("a/x"), b"more\n")));
+    p.both("append owned", |m| res(append(&m.join("owned"), b"more\n")));
+    p.both("sparse write", |m| {
+        let mut f = fs::OpenOptions::new().write(true).open(m.join("sparse")).unwrap();
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.write_all(b"head").unwrap();
+        drop(f);
+        fs::metadata(m.join("sparse")).unwrap().len()
+    });
+    // A reader opened before the copy-up sees the data written after it.
+    p.both("reader before copy-up", |m| {
+        let mut r = fs::File::open(m.join("deep/1/2/3/file")).unwrap();
+        append(&m.join("deep/1/2/3/file"), b"appended\n").unwrap();
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        s
+    });
+    p.both("ino stable over copy-up", |m| {
+        let before = fs::metadata(m.join("a/w")).unwrap().ino();
+        append(&m.join("a/w"), b"w2\n").unwrap();
+        before == fs::metadata(m.join("a/w")).unwrap().ino()
+    });
+    p.both("xattr copied up", |m| {
+        append(&m.join("xat"), b"x").unwrap();
+        get_xattr(&m.join("xat"), "user.test")
+    });
+    p.both("O_TRUNC", |m| {
+        fs::write(m.join("top"), b"new").unwrap();
+        read(&m.join("top"))
+    });
+    finish(p);
+}
+
+/// With index=on the kernel keeps lower hard links linked through copy-up.
+#[test]
+fn hard_link_writes_show_through_every_name() {
+    let p = Pair::new("redirect_dir=off,index=on", "redirect_dir=off,index=on");
+    p.both("append via hard1", |m| {
+        append(&m.join("hard1"), b"appended\n").unwrap();
+        (read(&m.join("hard1")), read(&m.join("hard2")))
+    });
+    p.both("truncate via hard2", |m| {
+        fs::write(m.join("hard2"), b"t").unwrap();
+        (read(&m.join("hard1")), read(&m.join("hard2")))
+    });
+    p.both("rename the other name", |m| {
+        fs::rename(m.join("hard2"), m.join("a/h2")).unwrap();
+        append(&m.join("a/h2"), b"+").unwrap();
+        (read(&m.join("hard1")), read(&m.join("a/h2")))
+    });
+    p.both("unlink the first name", |m| {
+        fs::remove_file(m.join("hard1")).unwrap();
+        (read(&m.join("hard1")), read(&m.join("a/h2")))
+    });
+}
+
+#[test]
+fn unlink_and_rmdir_leave_kernel_whiteouts() {
+    let p = Pair::new(K, O);
+    p.both("unlink lower file", |m| res(fs::remove_file(m.join("top"))));
+    p.both("unlink again", |m| res(fs::remove_file(m.join("top"))));
+    p.both("unlink merged-dir file", |m| res(fs::remove_file(m.join("a/x"))));
+    p.both("unlink dir", |m| res(fs::remove_file(m.join("a"))));
+    p.both("rmdir file", |m| res(fs::remove_dir(m.join("hard1"))));
+    p.both("rmdir nonempty merged", |m| res(fs::remove_dir(m.join("a"))));
+    p.both("rmdir empty lower", |m| res(fs::remove_dir(m.join("emptydir"))));
+    p.both("new then unlink", |m| {
+        fs::write(m.join("fresh"), b"1").unwrap();
+        res(fs::remove_file(m.join("fresh")))
+    });
+    p.both("empty a merged dir then rmdir", |m| {
+        for f in ["w", "sub/z"] {
+            fs::remove_file(m.join("a").join(f)).unwrap();
+        }
+        fs::remove_dir(m.join("a/sub")).unwrap();
+        (ls(&m.join("a")), res(fs::remove_dir(m.join("a"))))
+    });
+    p.both("rm -r deep", |m| res(fs::remove_dir_all(m.join("deep"))));
+    p.both("unlink symlink and fifo", |m| (res(fs::remove_file(m.join("sym"))), res(fs::remove_file(m.join("fifo")))));
+    p.both("unlink one hard link", |m| {
+        fs::remove_file(m.join("hard1")).unwrap();
+        fs::metadata(m.join("hard2")).map(|md| md.nlink()).map_err(|e| e.raw_os_error())
+    });
+    finish(p);
+}
+
+#[test]
+fn create_over_whiteouts_and_in_merged_dirs() {
+    let p = Pair::new(K, O);
+    p.both("mkdir over whiteout", |m| res(fs::create_dir(m.join("gone-dir"))));
+    p.both("ls recreated", |m| ls(&m.join("gone-dir")));
+    p.both("file over whiteout", |m| res(fs::write(m.join("wh-me"), b"again")));
+    p.both("mkdir in merged", |m| res(fs::create_dir(m.join("a/newdir"))));
+    p.both("mkdir exists", |m| res(fs::create_dir(m.join("a"))));
+    p.both("create exists", |m| {
+        res(fs::OpenOptions::new().write(true).create_new(true).open(m.join("a/x")))
+    });
+    p.both("rm then mkdir", |m| {
+        fs::remove_file(m.join("top")).unwrap();
+        res(fs::create_dir(m.join("top")))
+    });
+    p.both("rmdir then create file", |m| {
+        fs::remove_dir(m.join("emptydir")).unwrap();
+        res(fs::write(m.join("emptydir"), b"file now"))
+    });
+    p.both("fifo", |m| mknod_res(&m.join("newfifo"), libc::S_IFIFO | 0o600, 0));
+    p.both("char 0/0 reserved", |m| mknod_res(&m.join("wh"), libc::S_IFCHR | 0o600, 0));
+    p.both("char 1/3", |m| mknod_res(&m.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3)));
+    p.both("symlink", |m| res(std::os::unix::fs::symlink("../target", m.join("a/newlink"))));
+    p.both("symlink exists", |m| res(std::os::unix::fs::symlink("t", m.join("sym"))));
+    p.both("mode of new file", |m| {
+        let f = m.join("modes");
+        fs::OpenOptions::new().write(true).create(true).mode_compat(0o751).open(&f).unwrap();
+        fs::metadata(&f).unwrap().mode() & 0o7777
+    });
+    p.both("owner of new file", |m| {
+        let f = m.join("a/sub/mine");
+        std::os::unix::fs::chown(m.join("a/sub"), Some(1000), Some(1000)).unwrap();
+        fs::set_permissions(m.join("a/sub"), fs::Permissions::from_mode(0o2777)).unwrap();
+        fs::write(&f, b"1").unwrap();
+        let md = fs::metadata(&f).unwrap();
+        (md.uid(), md.gid())
+    });
+    finish(p);
+}
+
+trait ModeCompat {
+    fn mode_compat(&mut self, mode: u32) -> &mut Self;
+}
+
+impl ModeCompat for fs::OpenOptions {
+    fn mode_compat(&mut self, mode: u32) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, mode)
+    }
+}
+
+#[test]
+fn rename_files_and_dirs() {
+    let p = Pair::new(K, O);
+    p.both("rename lower file same dir", |m| res(fs::rename(m.join("a/x"), m.join("a/x2"))));
+    p.both("rename lower file to root", |m| res(fs::rename(m.join("a/w"), m.join("w-moved"))));
+    p.both("rename over lower file", |m| res(fs::rename(m.join("top"), m.join("xat"))));
+    p.both("rename onto whiteout name", |m| res(fs::rename(m.join("ro"), m.join("wh-me"))));
+    p.both("rename missing", |m| res(fs::rename(m.join("nope"), m.join("nope2"))));
+    p.both("rename lower dir", |m| res(fs::rename(m.join("deep"), m.join("deep2"))));
+    p.both("rename upper dir", |m| {
+        fs::create_dir_all(m.join("nd/inner")).unwrap();
+        fs::write(m.join("nd/inner/f"), b"f").unwrap();
+        res(fs::rename(m.join("nd"), m.join("a/nd")))
+    });
+    p.both("rename upper dir over empty lower dir", |m| {
+        fs::create_dir(m.join("nd2")).unwrap();
+        res(fs::rename(m.join("nd2"), m.join("emptydir")))
+    });
+    p.both("rename dir over file", |m| {
+        fs::create_dir(m.join("nd3")).unwrap();
+        res(fs::rename(m.join("nd3"), m.join("owned")))
+    });
+    p.both("rename file over dir", |m| res(fs::rename(m.join("owned"), m.join("emptyish"))));
+    p.both("rename upper dir over nonempty dir", |m| {
+        fs::create_dir(m.join("nd4")).unwrap();
+        res(fs::rename(m.join("nd4"), m.join("opq")))
+    });
+    p.both("noreplace", |m| renameat2(&m.join("hard1"), &m.join("sym"), libc::RENAME_NOREPLACE));
+    p.both("noreplace free", |m| renameat2(&m.join("hard1"), &m.join("h1"), libc::RENAME_NOREPLACE));
+    p.both("exchange files", |m| {
+        let r = renameat2(&m.join("h1"), &m.join("sym"), libc::RENAME_EXCHANGE);
+        (r, read(&m.join("sym")), fs::read_link(m.join("h1")).ok())
+    });
+    p.both("rename dir into itself", |m| res(fs::rename(m.join("a"), m.join("a/sub/a"))));
+    p.both("rename hard link onto its twin", |m| res(fs::rename(m.join("h1"), m.join("hard2"))));
+    finish(p);
+}
+
+#[test]
+fn links_and_metadata_changes() {
+    let p = Pair::new(K, O);
+    p.both("link lower file", |m| res(fs::hard_link(m.join("top"), m.join("a/top-link"))));
+    p.both("nlink after link", |m| fs::metadata(m.join("top")).unwrap().nlink());
+    p.both("link onto whiteout name", |m| res(fs::hard_link(m.join("a/w"), m.join("wh-me"))));
+    p.both("link dir", |m| res(fs::hard_link(m.join("a"), m.join("a-link"))));
+    p.both("link exists", |m| res(fs::hard_link(m.join("top"), m.join("xat"))));
+    p.both("chmod lower", |m| res(fs::set_permissions(m.join("a/w"), fs::Permissions::from_mode(0o604))));
+    p.both("chmod lower dir", |m| res(fs::set_permissions(m.join("opq"), fs::Permissions::from_mode(0o700))));
+    p.both("chown lower", |m| res(std::os::unix::fs::lchown(m.join("sym"), Some(7), Some(8))));
+    p.both("chown fifo", |m| res(std::os::unix::fs::chown(m.join("fifo"), Some(9), None)));
+    p.both("utimes", |m| {
+        set_mtime(&m.join("deep/1/2/3/file"), 12345);
+        fs::metadata(m.join("deep/1/2/3/file")).unwrap().mtime()
+    });
+    p.both("truncate lower", |m| {
+        let f = fs::OpenOptions::new().write(true).open(m.join("sparse")).unwrap();
+        f.set_len(100).unwrap();
+        fs::metadata(m.join("sparse")).unwrap().len()
+    });
+    p.both("setxattr lower dir", |m| {
+        set_xattr(&m.join("a/sub"), "user.k", b"v");
+        list_xattr(&m.join("a/sub"))
+    });
+    p.both("private xattr names", |m| {
+        let g = get_xattr(&m.join("opq"), "trusted.overlay.opaque");
+        set_xattr(&m.join("top"), "trusted.overlay.mine", b"1");
+        (g, get_xattr(&m.join("top"), "trusted.overlay.mine"), list_xattr(&m.join("top")))
+    });
+    p.both("removexattr", |m| {
+        let path = c(&m.join("xat"));
+        // SAFETY: valid C strings.
+        let r = unsafe { libc::lremovexattr(path.as_ptr(), c"user.test".as_ptr()) };
+        // SAFETY: as above.
+        let again = unsafe { libc::lremovexattr(path.as_ptr(), c"user.test".as_ptr()) };
+        (sys_res(r), sys_res(again), list_xattr(&m.join("xat")))
+    });
+    p.both("statfs works", |m| {
+        let path = c(m);
+        // SAFETY: zeroed statvfs is a valid out buffer.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers.
+        sys_res(unsafe { libc::statvfs(path.as_ptr(), &mut s) })
+    });
+    finish(p);
+}
+
+#[test]
+fn readdir_offsets_are_stable_while_open() {
+    let p = Pair::new(K, O);
+    p.both("seek and reread", |m| {
+        let d = c(m);
+        // SAFETY: opendir/readdir/telldir/seekdir on a dir we opened.
+        unsafe {
+            let dir = libc::opendir(d.as_ptr());
+            assert!(!dir.is_null());
+            let mut names = Vec::new();
+            let mut pos = 0;
+            for i in 0.. {
+                let e = libc::readdir(dir);
+                if e.is_null() {
+                    break;
+                }
+                if i == 4 {
+                    pos = libc::telldir(dir);
+                }
+                names.push(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_owned());
+            }
+            libc::seekdir(dir, pos);
+            let e = libc::readdir(dir);
+            let after = if e.is_null() { None } else { Some(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_owned()) };
+            libc::rewinddir(dir);
+            let mut n2 = 0;
+            while !libc::readdir(dir).is_null() {
+                n2 += 1;
+            }
+            libc::closedir(dir);
+            (names.get(5).cloned() == after, names.len() == n2, names.len())
+        }
+    });
+    finish(p);
+}
