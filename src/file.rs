@@ -34,10 +34,19 @@ impl OpenFile {
     }
 }
 
-/// Flags passed to the real open: creation is done, O_DIRECT is the page
-/// cache's business on the FUSE side.
+/// Flags passed to the real open. Creation is done by then, O_DIRECT is the
+/// page cache's business on the FUSE side, and kernel-internal bits (FUSE
+/// passes FMODE_EXEC as 0x20) make openat2 fail with EINVAL.
 fn real_flags(flags: i32) -> i32 {
-    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
+    const KEEP: i32 = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NOATIME
+        | libc::O_TRUNC
+        | libc::O_LARGEFILE;
+    flags & KEEP
 }
 
 impl OvlFs {
