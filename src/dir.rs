@@ -219,7 +219,8 @@ impl OvlFs {
         let path = join(&self.path_of(parent)?, name);
         let (pfd, cname) = self.upper_parent(&path)?;
         let has_lower = !node.state.read().lowers.is_empty();
-        let in_upper = node.has_upper() && self.upper()?.try_stat(&path)?.is_some();
+        let upper_st = if node.has_upper() { self.upper()?.try_stat(&path)? } else { None };
+        let in_upper = upper_st.is_some();
         if in_upper && !want_dir && node.alias_count() > 1 {
             // Other names may still be lower-only: give one of them the upper
             // inode first, so the data survives this unlink.
@@ -241,8 +242,19 @@ impl OvlFs {
         } else {
             sys::mknodat(pfd.as_fd(), &cname, libc::S_IFCHR, 0)?;
         }
+        if let Some(ust) = upper_st {
+            self.forget_upper_ino(&ust);
+        }
         node.remove_alias(parent, name, want_dir || st.st_nlink <= 1);
         Ok(())
+    }
+
+    /// The upper inode behind `st` lost a name: once it is gone its number
+    /// may be reused, so it must no longer map to the old overlay inode.
+    fn forget_upper_ino(&self, st: &Stat) {
+        if is_dir(st) || st.st_nlink <= 1 {
+            self.copied.remove(&st.st_ino);
+        }
     }
 
     pub fn rename(
@@ -347,6 +359,9 @@ impl OvlFs {
                 }
                 self.rename_whiteout(&spfd, &sname, &dpfd, &dname, src_needs_wh)?;
             }
+        }
+        if let Some(ust) = dup.filter(|d| !format::is_whiteout(d)) {
+            self.forget_upper_ino(&ust);
         }
         if let Some((d, dst_st)) = &dst {
             d.remove_alias(newparent, newname, is_dir(dst_st) || dst_st.st_nlink <= 1);

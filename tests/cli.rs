@@ -34,6 +34,24 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
     out
 }
 
+/// Unmounts a daemon-mode mount and ends its daemon (found by its command
+/// line: it was started by this test) even when an assertion fails.
+struct DaemonGuard(PathBuf);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        umount(&self.0);
+        let t = Instant::now();
+        while !daemons_for(&self.0).is_empty() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in daemons_for(&self.0) {
+            // SAFETY: a daemon this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 fn wait_gone(mnt: &Path) {
     let t = Instant::now();
     while !daemons_for(mnt).is_empty() {
@@ -124,6 +142,7 @@ fn version_and_help() {
 fn daemon_returns_once_live_and_exits_on_fusermount() {
     let d = Dirs::new();
     // Relative paths, several -o, an empty item and an unknown option.
+    let _guard = DaemonGuard(d.p("m"));
     let out = ovlfuse(&["-o", "lowerdir=l1:l2", "-o", "upperdir=u,,workdir=w,bogus_opt", "m"], &d.s.0);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "mount failed: {err}");
@@ -171,6 +190,7 @@ fn mount_fuse3_helper_runs_us() {
     let opts = format!("lowerdir={},upperdir={},workdir={}", d.s("l1"), d.s("u"), d.s("w"));
     // mount(8) runs exactly this for `mount -t fuse.ovlfuse` (with a PATH of
     // system dirs only, where scripts/install puts ovlfuse).
+    let _guard = DaemonGuard(d.p("m"));
     let helper = if Path::new("/sbin/mount.fuse3").exists() { "/sbin/mount.fuse3" } else { "/usr/sbin/mount.fuse3" };
     let out = Command::new(helper)
         .arg("ovlfuse#ovlfuse")

@@ -471,7 +471,7 @@ fn dump(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, upper: bool
     for name in names {
         let p = dir.join(&name);
         let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let md = fs::symlink_metadata(&p).unwrap();
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: listed but lstat fails: {e}", p.display()));
         let m = md.mode();
         let mut d = format!("{} {:o} {}:{}", kind(m), m & 0o7777, md.uid(), md.gid());
         match m & libc::S_IFMT {
