@@ -95,7 +95,9 @@ impl Default for Config {
             static_nlink: false,
             noxattrs: false,
             timeout: 1.0,
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             fuse: FuseFlags::default(),
             warnings: Vec::new(),
         }
@@ -135,7 +137,9 @@ pub fn split_options(s: &str) -> Vec<String> {
 }
 
 fn unquote(v: &str) -> &str {
-    v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v)
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
 }
 
 /// Splits `lowerdir=` on unescaped colons: `\:` is a colon, `\\` a backslash,
@@ -148,11 +152,16 @@ pub fn split_lowerdir(v: &str) -> Result<Vec<LowerDir>, ConfigError> {
     let mut push = |cur: &mut String, data_only: &mut bool| -> Result<(), ConfigError> {
         if cur.is_empty() {
             if *data_only || out.is_empty() {
-                return err(format!("lowerdir={v}: empty layer path; separate layers with one ':'"));
+                return err(format!(
+                    "lowerdir={v}: empty layer path; separate layers with one ':'"
+                ));
             }
             *data_only = true;
         } else {
-            out.push(LowerDir { path: PathBuf::from(std::mem::take(cur)), data_only: *data_only });
+            out.push(LowerDir {
+                path: PathBuf::from(std::mem::take(cur)),
+                data_only: *data_only,
+            });
         }
         Ok(())
     };
@@ -167,7 +176,9 @@ pub fn split_lowerdir(v: &str) -> Result<Vec<LowerDir>, ConfigError> {
         }
     }
     if cur.is_empty() {
-        return err(format!("lowerdir={v}: empty layer path at the end; remove the trailing ':'"));
+        return err(format!(
+            "lowerdir={v}: empty layer path at the end; remove the trailing ':'"
+        ));
     }
     push(&mut cur, &mut data_only)?;
     Ok(out)
@@ -178,20 +189,32 @@ pub fn parse_idmap(key: &str, v: &str) -> Result<Vec<IdMap>, ConfigError> {
     let v = v.strip_prefix(':').unwrap_or(v);
     let parts: Vec<&str> = v.split(':').collect();
     if v.is_empty() || parts.len() % 3 != 0 {
-        return err(format!("{key}={v}: expected container:host:count triples separated by ':'"));
+        return err(format!(
+            "{key}={v}: expected container:host:count triples separated by ':'"
+        ));
     }
     let mut out = Vec::new();
     for t in parts.chunks(3) {
         let num = |s: &str| -> Result<u32, ConfigError> {
-            s.parse::<u32>()
-                .map_err(|_| ConfigError(format!("{key}={v}: '{s}' is not a number from 0 to 4294967295")))
+            s.parse::<u32>().map_err(|_| {
+                ConfigError(format!(
+                    "{key}={v}: '{s}' is not a number from 0 to 4294967295"
+                ))
+            })
         };
-        let m = IdMap { container: num(t[0])?, host: num(t[1])?, len: num(t[2])? };
+        let m = IdMap {
+            container: num(t[0])?,
+            host: num(t[1])?,
+            len: num(t[2])?,
+        };
         if m.len == 0
             || m.container.checked_add(m.len - 1).is_none()
             || m.host.checked_add(m.len - 1).is_none()
         {
-            return err(format!("{key}={v}: range {}:{}:{} is empty or overflows", t[0], t[1], t[2]));
+            return err(format!(
+                "{key}={v}: range {}:{}:{} is empty or overflows",
+                t[0], t[1], t[2]
+            ));
         }
         out.push(m);
     }
@@ -207,7 +230,8 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
 }
 
 fn parse_u32(key: &str, v: &str) -> Result<u32, ConfigError> {
-    v.parse().map_err(|_| ConfigError(format!("{key}={v}: expected a whole number")))
+    v.parse()
+        .map_err(|_| ConfigError(format!("{key}={v}: expected a whole number")))
 }
 
 impl Config {
@@ -232,8 +256,14 @@ impl Config {
         };
         match key {
             "lowerdir" => self.lowers = split_lowerdir(&need(val)?)?,
-            "lowerdir+" => self.lowers.push(LowerDir { path: need(val)?.into(), data_only: false }),
-            "datadir+" => self.lowers.push(LowerDir { path: need(val)?.into(), data_only: true }),
+            "lowerdir+" => self.lowers.push(LowerDir {
+                path: need(val)?.into(),
+                data_only: false,
+            }),
+            "datadir+" => self.lowers.push(LowerDir {
+                path: need(val)?.into(),
+                data_only: true,
+            }),
             "upperdir" => self.upper = Some(need(val)?.into()),
             "workdir" => self.work = Some(need(val)?.into()),
             "redirect_dir" => {
@@ -242,7 +272,11 @@ impl Config {
                     "follow" => RedirectDir::Follow,
                     "nofollow" => RedirectDir::NoFollow,
                     "off" => RedirectDir::Off,
-                    v => return err(format!("redirect_dir={v}: expected on, follow, nofollow or off")),
+                    v => {
+                        return err(format!(
+                            "redirect_dir={v}: expected on, follow, nofollow or off"
+                        ))
+                    }
                 }
             }
             "index" => self.index = parse_bool(key, &need(val)?)?,
@@ -304,11 +338,14 @@ impl Config {
             "atime" | "relatime" | "strictatime" => self.fuse.noatime = false,
             "noatime" | "nodiratime" => self.fuse.noatime = true,
             // Accepted for compatibility with fuse-overlayfs; nothing to do.
-            "threaded" | "writeback" | "plugins" | "fast_ino" | "noacl" | "context" | "fscontext"
-            | "defcontext" | "rootcontext" | "debug" | "auto_unmount" | "nonempty" | "sync" | "async"
-            | "dirsync" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "users" | "owner"
-            | "defaults" | "nfs_export" | "max_read" | "max_write" => {}
-            _ => self.warnings.push(format!("ovlfuse: warning: unknown option '{item}' ignored")),
+            "threaded" | "writeback" | "plugins" | "fast_ino" | "noacl" | "context"
+            | "fscontext" | "defcontext" | "rootcontext" | "debug" | "auto_unmount"
+            | "nonempty" | "sync" | "async" | "dirsync" | "_netdev" | "nofail" | "auto"
+            | "noauto" | "user" | "users" | "owner" | "defaults" | "nfs_export" | "max_read"
+            | "max_write" => {}
+            _ => self
+                .warnings
+                .push(format!("ovlfuse: warning: unknown option '{item}' ignored")),
         }
         Ok(())
     }
@@ -323,34 +360,63 @@ impl Config {
             return err("every lowerdir is data-only: at least one normal lower layer is needed");
         }
         if self.lowers.len() > MAX_LAYERS {
-            return err(format!("{} lower layers given; at most {MAX_LAYERS} are supported", self.lowers.len()));
+            return err(format!(
+                "{} lower layers given; at most {MAX_LAYERS} are supported",
+                self.lowers.len()
+            ));
         }
         match (&self.upper, &self.work) {
-            (Some(_), None) => return err("upperdir given without workdir: add -o workdir=DIR on the upper's filesystem"),
-            (None, Some(_)) => return err("workdir given without upperdir: add -o upperdir=DIR or drop workdir"),
+            (Some(_), None) => {
+                return err(
+                    "upperdir given without workdir: add -o workdir=DIR on the upper's filesystem",
+                )
+            }
+            (None, Some(_)) => {
+                return err("workdir given without upperdir: add -o upperdir=DIR or drop workdir")
+            }
             _ => {}
         }
         let mnt = canonical_dir(cwd, mountpoint, "mountpoint")?;
         for l in &mut self.lowers {
             l.path = canonical_dir(cwd, &l.path, "lowerdir")?;
             if l.path.starts_with(&mnt) {
-                return err(format!("lowerdir {}: is inside the mountpoint {}; use a layer outside it", l.path.display(), mnt.display()));
+                return err(format!(
+                    "lowerdir {}: is inside the mountpoint {}; use a layer outside it",
+                    l.path.display(),
+                    mnt.display()
+                ));
             }
         }
         if let (Some(u), Some(w)) = (self.upper.clone(), self.work.clone()) {
             let u = canonical_dir(cwd, &u, "upperdir")?;
             let w = canonical_dir(cwd, &w, "workdir")?;
             if u.starts_with(&mnt) {
-                return err(format!("upperdir {}: is inside the mountpoint {}; use a directory outside it", u.display(), mnt.display()));
+                return err(format!(
+                    "upperdir {}: is inside the mountpoint {}; use a directory outside it",
+                    u.display(),
+                    mnt.display()
+                ));
             }
             if w.starts_with(&u) || u.starts_with(&w) {
                 return err(format!("workdir {} and upperdir {} overlap; give them separate directories on one filesystem", w.display(), u.display()));
             }
-            if let Some(l) = self.lowers.iter().find(|l| l.path == u || l.path.starts_with(&u) || u.starts_with(&l.path)) {
-                return err(format!("upperdir {} overlaps lowerdir {}; the upper must not be (inside) a lower", u.display(), l.path.display()));
+            if let Some(l) = self
+                .lowers
+                .iter()
+                .find(|l| l.path == u || l.path.starts_with(&u) || u.starts_with(&l.path))
+            {
+                return err(format!(
+                    "upperdir {} overlaps lowerdir {}; the upper must not be (inside) a lower",
+                    u.display(),
+                    l.path.display()
+                ));
             }
             if let Some(l) = self.lowers.iter().find(|l| w.starts_with(&l.path)) {
-                return err(format!("workdir {}: is inside lowerdir {}; put it next to the upperdir", w.display(), l.path.display()));
+                return err(format!(
+                    "workdir {}: is inside lowerdir {}; put it next to the upperdir",
+                    w.display(),
+                    l.path.display()
+                ));
             }
             let ud = std::fs::metadata(&u).map(|m| m.dev()).unwrap_or(0);
             let wd = std::fs::metadata(&w).map(|m| m.dev()).unwrap_or(1);
@@ -370,15 +436,26 @@ impl Config {
 }
 
 fn canonical_dir(cwd: &Path, p: &Path, what: &str) -> Result<PathBuf, ConfigError> {
-    let abs = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
     let c = std::fs::canonicalize(&abs)
         .map_err(|e| ConfigError(format!("{what} {}: {}", p.display(), io_msg(&e))))?;
-    let md = std::fs::metadata(&c).map_err(|e| ConfigError(format!("{what} {}: {}", p.display(), io_msg(&e))))?;
+    let md = std::fs::metadata(&c)
+        .map_err(|e| ConfigError(format!("{what} {}: {}", p.display(), io_msg(&e))))?;
     if !md.is_dir() {
         return err(format!("{what} {}: is not a directory", p.display()));
     }
     // Opening it now catches unreadable layers (EACCES) before the mount.
-    std::fs::read_dir(&c).map_err(|e| ConfigError(format!("{what} {}: cannot be read: {}", p.display(), io_msg(&e))))?;
+    std::fs::read_dir(&c).map_err(|e| {
+        ConfigError(format!(
+            "{what} {}: cannot be read: {}",
+            p.display(),
+            io_msg(&e)
+        ))
+    })?;
     Ok(c)
 }
 
@@ -397,14 +474,23 @@ mod tests {
 
     #[test]
     fn splits_options_with_quotes_and_empty_items() {
-        assert_eq!(split_options("a,,b=\"x,y\",c,"), vec!["a", "b=\"x,y\"", "c"]);
+        assert_eq!(
+            split_options("a,,b=\"x,y\",c,"),
+            vec!["a", "b=\"x,y\"", "c"]
+        );
     }
 
     #[test]
     fn lowerdir_escapes_and_data_only() {
         let l = split_lowerdir(r"a\:b:c\\d::e:f").unwrap();
-        let paths: Vec<_> = l.iter().map(|l| (l.path.to_str().unwrap(), l.data_only)).collect();
-        assert_eq!(paths, vec![("a:b", false), (r"c\d", false), ("e", true), ("f", true)]);
+        let paths: Vec<_> = l
+            .iter()
+            .map(|l| (l.path.to_str().unwrap(), l.data_only))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![("a:b", false), (r"c\d", false), ("e", true), ("f", true)]
+        );
         assert!(split_lowerdir("a:").is_err());
         assert!(split_lowerdir(":a").is_err());
     }
@@ -412,7 +498,14 @@ mod tests {
     #[test]
     fn idmaps() {
         let m = parse_idmap("uidmapping", ":0:1000:65536:65536:2000:10").unwrap();
-        assert_eq!(m[1], IdMap { container: 65536, host: 2000, len: 10 });
+        assert_eq!(
+            m[1],
+            IdMap {
+                container: 65536,
+                host: 2000,
+                len: 10
+            }
+        );
         assert!(parse_idmap("uidmapping", "0:1000").is_err());
         assert!(parse_idmap("uidmapping", "0:x:1").is_err());
         assert!(parse_idmap("uidmapping", "4294967295:0:2").is_err());
@@ -421,7 +514,8 @@ mod tests {
     #[test]
     fn options_and_warnings() {
         let mut c = Config::default();
-        c.apply_options("lowerdir=a:b,upperdir=u,workdir=w,,volatile,bogus,context=\"x,y\"").unwrap();
+        c.apply_options("lowerdir=a:b,upperdir=u,workdir=w,,volatile,bogus,context=\"x,y\"")
+            .unwrap();
         assert_eq!(c.lowers.len(), 2);
         assert!(!c.fsync);
         assert_eq!(c.warnings.len(), 1);

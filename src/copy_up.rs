@@ -54,7 +54,10 @@ pub fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> io::Result<()> 
                     Err(e)
                         if matches!(
                             e.raw_os_error(),
-                            Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                            Some(libc::EXDEV)
+                                | Some(libc::EINVAL)
+                                | Some(libc::ENOSYS)
+                                | Some(libc::EOPNOTSUPP)
                         ) =>
                     {
                         use_cfr = false;
@@ -116,7 +119,13 @@ impl OvlFs {
                 return Err(e);
             }
         };
-        if let Err(e) = sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &name, sys::RENAME_NOREPLACE) {
+        if let Err(e) = sys::renameat2(
+            work.as_fd(),
+            &tmp,
+            pfd.as_fd(),
+            &name,
+            sys::RENAME_NOREPLACE,
+        ) {
             remove_tmp(work, &tmp);
             return Err(e.into());
         }
@@ -125,7 +134,10 @@ impl OvlFs {
         let _ = sys::utimensat(
             pfd.as_fd(),
             c".",
-            [t(pst.st_atime, pst.st_atime_nsec), t(pst.st_mtime, pst.st_mtime_nsec)],
+            [
+                t(pst.st_atime, pst.st_atime_nsec),
+                t(pst.st_mtime, pst.st_mtime_nsec),
+            ],
         );
         self.sync_dir(&pfd);
         self.copied.insert(upper_ino, node.ino);
@@ -138,7 +150,13 @@ impl OvlFs {
     }
 
     /// Copies up the name `name` in `parent` of a (possibly hard-linked) object.
-    pub fn copy_up_name(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &std::ffi::OsStr, how: CopyUp) -> Result<()> {
+    pub fn copy_up_name(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &std::ffi::OsStr,
+        how: CopyUp,
+    ) -> Result<()> {
         node.promote_alias(parent, name);
         self.copy_up(node, how)
     }
@@ -151,27 +169,43 @@ impl OvlFs {
         if upper.try_stat(&path)?.is_some() {
             return Ok(());
         }
-        let others: Vec<(Arc<Node>, std::ffi::OsString)> = node.state.read().aliases.iter().skip(1).cloned().collect();
+        let others: Vec<(Arc<Node>, std::ffi::OsString)> =
+            node.state.read().aliases.iter().skip(1).cloned().collect();
         for (p, n) in others {
             let Ok(pp) = self.path_of(&p) else { continue };
             let src = crate::layer::join(&pp, &n);
             if upper.try_stat(&src)?.is_some() {
                 self.copy_up(&node.parent().ok_or(Errno(libc::ENOENT))?, CopyUp::Data)?;
                 let (pfd, cname) = self.upper_parent(&path)?;
-                sys::linkat(upper.fd(), &crate::layer::to_c(&src)?, pfd.as_fd(), &cname, 0)?;
+                sys::linkat(
+                    upper.fd(),
+                    &crate::layer::to_c(&src)?,
+                    pfd.as_fd(),
+                    &cname,
+                    0,
+                )?;
                 return Ok(());
             }
         }
         errno(libc::EIO)
     }
 
-    fn build_copy(&self, lower: &Layer, lpath: &[u8], st: &Stat, work: &OwnedFd, tmp: &CStr, how: CopyUp) -> Result<()> {
+    fn build_copy(
+        &self,
+        lower: &Layer,
+        lpath: &[u8],
+        st: &Stat,
+        work: &OwnedFd,
+        tmp: &CStr,
+        how: CopyUp,
+    ) -> Result<()> {
         let w = work.as_fd();
         let kind = st.st_mode & libc::S_IFMT;
         match kind {
             libc::S_IFDIR => sys::mkdirat(w, tmp, 0o700)?,
             libc::S_IFREG => {
-                let dst = sys::openat(w, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                let dst =
+                    sys::openat(w, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
                 if how == CopyUp::Data && st.st_size > 0 {
                     let src = lower.open_file(lpath, libc::O_RDONLY, 0)?;
                     copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
@@ -191,7 +225,14 @@ impl OvlFs {
         if kind != libc::S_IFLNK {
             sys::fchmodat(w, tmp, st.st_mode & 0o7777)?;
         }
-        sys::utimensat(w, tmp, [(st.st_atime, st.st_atime_nsec), (st.st_mtime, st.st_mtime_nsec)])?;
+        sys::utimensat(
+            w,
+            tmp,
+            [
+                (st.st_atime, st.st_atime_nsec),
+                (st.st_mtime, st.st_mtime_nsec),
+            ],
+        )?;
         Ok(())
     }
 
@@ -207,7 +248,9 @@ impl OvlFs {
                 continue;
             }
             let c = sys::cstr(&n)?;
-            let Some(v) = lower.try_getxattr(lpath, &c)? else { continue };
+            let Some(v) = lower.try_getxattr(lpath, &c)? else {
+                continue;
+            };
             if let Err(e) = sys::setxattr(w, tmp, &c, &v, 0) {
                 // The upper may not take every namespace (security.*, system.*).
                 if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM)) {
@@ -231,7 +274,8 @@ impl OvlFs {
 
 pub fn remove_tmp(work: &OwnedFd, tmp: &CStr) {
     if sys::unlinkat(work.as_fd(), tmp, 0).is_err() {
-        if let Ok(sub) = sys::open_beneath(work.as_fd(), tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        if let Ok(sub) = sys::open_beneath(work.as_fd(), tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        {
             let _ = crate::ovl::clean_dir(&sub);
         }
         let _ = sys::unlinkat(work.as_fd(), tmp, libc::AT_REMOVEDIR);

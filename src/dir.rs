@@ -58,7 +58,12 @@ impl OvlFs {
         match obj {
             NewObj::Dir(mode) => sys::mkdirat(dir, name, mode & 0o7777)?,
             NewObj::File(mode) => {
-                drop(sys::openat(dir, name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, mode & 0o7777)?);
+                drop(sys::openat(
+                    dir,
+                    name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    mode & 0o7777,
+                )?);
             }
             NewObj::Special(mode, rdev) => sys::mknodat(dir, name, mode, rdev)?,
             NewObj::Symlink(target) => sys::symlinkat(target, dir, name)?,
@@ -91,7 +96,13 @@ impl OvlFs {
     }
 
     /// mkdir, mknod, symlink and the create half of create(2).
-    pub fn create_object(&self, parent: &Arc<Node>, name: &OsStr, obj: NewObj, c: Creds) -> Result<(Arc<Node>, Stat)> {
+    pub fn create_object(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        obj: NewObj,
+        c: Creds,
+    ) -> Result<(Arc<Node>, Stat)> {
         if let NewObj::Special(mode, rdev) = obj {
             // char 0/0 is the whiteout and is reserved.
             if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
@@ -102,7 +113,8 @@ impl OvlFs {
         let (pfd, cname) = self.upper_parent(&path)?;
         let dir = matches!(obj, NewObj::Dir(_));
         let parent_merged = !parent.state.read().lowers.is_empty();
-        let opaque = dir && (over_whiteout || (parent_merged && self.cfg.redirect_dir == RedirectDir::On));
+        let opaque =
+            dir && (over_whiteout || (parent_merged && self.cfg.redirect_dir == RedirectDir::On));
         if over_whiteout {
             let work = self.work()?;
             let tmp = self.tmp_name();
@@ -113,7 +125,13 @@ impl OvlFs {
                     self.set_opaque(work.as_fd(), &tmp)?;
                 }
                 if dir {
-                    sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &cname, sys::RENAME_EXCHANGE)?;
+                    sys::renameat2(
+                        work.as_fd(),
+                        &tmp,
+                        pfd.as_fd(),
+                        &cname,
+                        sys::RENAME_EXCHANGE,
+                    )?;
                     sys::unlinkat(work.as_fd(), &tmp, 0)?;
                 } else {
                     sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &cname, 0)?;
@@ -134,23 +152,43 @@ impl OvlFs {
                 Ok(())
             };
             if let Err(e) = finish() {
-                let _ = sys::unlinkat(pfd.as_fd(), &cname, if dir { libc::AT_REMOVEDIR } else { 0 });
+                let _ = sys::unlinkat(
+                    pfd.as_fd(),
+                    &cname,
+                    if dir { libc::AT_REMOVEDIR } else { 0 },
+                );
                 return Err(e);
             }
         }
         self.intern_new(parent, name, &pfd, &cname)
     }
 
-    fn intern_new(&self, parent: &Arc<Node>, name: &OsStr, pfd: &OwnedFd, cname: &CStr) -> Result<(Arc<Node>, Stat)> {
+    fn intern_new(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        pfd: &OwnedFd,
+        cname: &CStr,
+    ) -> Result<(Arc<Node>, Stat)> {
         let mut st = sys::fstatat(pfd.as_fd(), cname)?;
         let ino = self.map_ino(0, &st);
-        let found = Found { ino, kind: st.st_mode & libc::S_IFMT, upper: true, lowers: Vec::new() };
+        let found = Found {
+            ino,
+            kind: st.st_mode & libc::S_IFMT,
+            upper: true,
+            lowers: Vec::new(),
+        };
         let node = self.nodes.intern(parent, name, found, true);
         self.fix_stat(&node, &mut st, false);
         Ok((node, st))
     }
 
-    pub fn link(&self, node: &Arc<Node>, newparent: &Arc<Node>, newname: &OsStr) -> Result<(Arc<Node>, Stat)> {
+    pub fn link(
+        &self,
+        node: &Arc<Node>,
+        newparent: &Arc<Node>,
+        newname: &OsStr,
+    ) -> Result<(Arc<Node>, Stat)> {
         if node.is_dir() {
             return errno(libc::EPERM);
         }
@@ -172,7 +210,12 @@ impl OvlFs {
         }
         let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
         let lowers = node.state.read().lowers.clone();
-        let found = Found { ino: node.ino, kind: node.kind, upper: true, lowers };
+        let found = Found {
+            ino: node.ino,
+            kind: node.kind,
+            upper: true,
+            lowers,
+        };
         let n = self.nodes.intern(newparent, newname, found, true);
         self.fix_stat(&n, &mut st, false);
         Ok((n, st))
@@ -219,12 +262,23 @@ impl OvlFs {
         let path = join(&self.path_of(parent)?, name);
         let (pfd, cname) = self.upper_parent(&path)?;
         let has_lower = !node.state.read().lowers.is_empty();
-        let upper_st = if node.has_upper() { self.upper()?.try_stat(&path)? } else { None };
+        let upper_st = if node.has_upper() {
+            self.upper()?.try_stat(&path)?
+        } else {
+            None
+        };
         let in_upper = upper_st.is_some();
         if in_upper && !want_dir && node.alias_count() > 1 {
             // Other names may still be lower-only: give one of them the upper
             // inode first, so the data survives this unlink.
-            let others: Vec<_> = node.state.read().aliases.iter().filter(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name)).cloned().collect();
+            let others: Vec<_> = node
+                .state
+                .read()
+                .aliases
+                .iter()
+                .filter(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name))
+                .cloned()
+                .collect();
             if let Some((op, on)) = others.first() {
                 self.copy_up_name(&node, op, on, CopyUp::Data)?;
             }
@@ -233,7 +287,8 @@ impl OvlFs {
             if has_lower || self.lower_positive(parent, name)? {
                 self.whiteout_over(&pfd, &cname, want_dir)?;
             } else if want_dir {
-                let d = sys::open_beneath(pfd.as_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                let d =
+                    sys::open_beneath(pfd.as_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
                 clean_dir(&d)?;
                 sys::unlinkat(pfd.as_fd(), &cname, libc::AT_REMOVEDIR)?;
             } else {
@@ -330,7 +385,13 @@ impl OvlFs {
             if d.is_dir() && Self::is_merged_dir(parent) {
                 self.set_opaque(dpfd.as_fd(), &dname)?;
             }
-            sys::renameat2(spfd.as_fd(), &sname, dpfd.as_fd(), &dname, sys::RENAME_EXCHANGE)?;
+            sys::renameat2(
+                spfd.as_fd(),
+                &sname,
+                dpfd.as_fd(),
+                &dname,
+                sys::RENAME_EXCHANGE,
+            )?;
             src.rename_alias(parent, name, newparent, newname);
             d.rename_alias(newparent, newname, parent, name);
             return Ok(());
@@ -344,7 +405,13 @@ impl OvlFs {
         }
         match dup {
             Some(d) if src_dir && format::is_whiteout(&d) => {
-                sys::renameat2(spfd.as_fd(), &sname, dpfd.as_fd(), &dname, sys::RENAME_EXCHANGE)?;
+                sys::renameat2(
+                    spfd.as_fd(),
+                    &sname,
+                    dpfd.as_fd(),
+                    &dname,
+                    sys::RENAME_EXCHANGE,
+                )?;
                 if !src_needs_wh {
                     sys::unlinkat(spfd.as_fd(), &sname, 0)?;
                 }
@@ -353,7 +420,12 @@ impl OvlFs {
                 if let Some(d) = &dup {
                     if is_dir(d) {
                         // Merged-empty: it holds whiteouts only.
-                        let fd = sys::open_beneath(dpfd.as_fd(), &dname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                        let fd = sys::open_beneath(
+                            dpfd.as_fd(),
+                            &dname,
+                            libc::O_RDONLY | libc::O_DIRECTORY,
+                            0,
+                        )?;
                         clean_dir(&fd)?;
                     }
                 }
@@ -371,12 +443,25 @@ impl OvlFs {
     }
 
     /// rename that leaves a whiteout at the source when asked.
-    fn rename_whiteout(&self, spfd: &OwnedFd, sname: &CStr, dpfd: &OwnedFd, dname: &CStr, whiteout: bool) -> Result<()> {
+    fn rename_whiteout(
+        &self,
+        spfd: &OwnedFd,
+        sname: &CStr,
+        dpfd: &OwnedFd,
+        dname: &CStr,
+        whiteout: bool,
+    ) -> Result<()> {
         if !whiteout {
             sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, 0)?;
             return Ok(());
         }
-        match sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, sys::RENAME_WHITEOUT) {
+        match sys::renameat2(
+            spfd.as_fd(),
+            sname,
+            dpfd.as_fd(),
+            dname,
+            sys::RENAME_WHITEOUT,
+        ) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, 0)?;

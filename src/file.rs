@@ -80,16 +80,28 @@ impl OvlFs {
     }
 
     /// create(2): a new regular file, opened with `flags`.
-    pub fn create(&self, parent: &Arc<Node>, name: &OsStr, mode: u32, flags: i32, c: Creds) -> Result<(Arc<Node>, Stat, u64)> {
+    pub fn create(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        c: Creds,
+    ) -> Result<(Arc<Node>, Stat, u64)> {
         let (node, st) = self.create_object(parent, name, NewObj::File(mode), c)?;
         let path = self.path_of(&node)?;
-        let fd = self.upper()?.open_file(&path, real_flags(flags) & !libc::O_TRUNC, 0)?;
+        let fd = self
+            .upper()?
+            .open_file(&path, real_flags(flags) & !libc::O_TRUNC, 0)?;
         let fh = self.add_file(&node, fd, flags);
         Ok((node, st, fh))
     }
 
     pub fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
-        self.files.get(&fh).map(|f| f.clone()).ok_or(crate::Errno(libc::EBADF))
+        self.files
+            .get(&fh)
+            .map(|f| f.clone())
+            .ok_or(crate::Errno(libc::EBADF))
     }
 
     /// The fd to use now: reopens on the upper copy once one exists.
@@ -143,7 +155,12 @@ impl OvlFs {
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> Result<()> {
         let f = self.file(fh)?;
-        Ok(sys::fallocate(self.current_fd(&f)?.as_fd(), mode, off, len)?)
+        Ok(sys::fallocate(
+            self.current_fd(&f)?.as_fd(),
+            mode,
+            off,
+            len,
+        )?)
     }
 
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> Result<i64> {
@@ -151,14 +168,26 @@ impl OvlFs {
         Ok(sys::lseek(self.current_fd(&f)?.as_fd(), off, whence)?)
     }
 
-    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<u32> {
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
         let fi = self.file(fh_in)?;
         let fo = self.file(fh_out)?;
         let (a, b) = (self.current_fd(&fi)?, self.current_fd(&fo)?);
         let len = len.min(1 << 30) as usize;
         match sys::copy_file_range(a.as_fd(), off_in, b.as_fd(), off_out, len) {
             Ok(n) => Ok(n as u32),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                ) =>
+            {
                 let data = self.read(fh_in, off_in, len.min(1 << 20) as u32)?;
                 self.write(fh_out, off_out, &data)
             }

@@ -24,7 +24,9 @@ pub fn aufs_whiteout_target(name: &OsStr) -> Option<&OsStr> {
     if b == WH_OPAQUE {
         return None;
     }
-    b.strip_prefix(WH_PREFIX).filter(|t| !t.is_empty()).map(OsStr::from_bytes)
+    b.strip_prefix(WH_PREFIX)
+        .filter(|t| !t.is_empty())
+        .map(OsStr::from_bytes)
 }
 
 pub fn aufs_whiteout_name(name: &OsStr) -> OsString {
@@ -52,7 +54,11 @@ pub struct XattrNames {
 
 impl XattrNames {
     pub fn new(userxattr: bool) -> Self {
-        let prefix = if userxattr { "user.overlay." } else { "trusted.overlay." };
+        let prefix = if userxattr {
+            "user.overlay."
+        } else {
+            "trusted.overlay."
+        };
         let n = |s: &str| CString::new(format!("{prefix}{s}")).expect("no NUL");
         XattrNames {
             prefix,
@@ -92,11 +98,14 @@ impl XattrNames {
             return None;
         }
         match b.strip_prefix(self.prefix.as_bytes()) {
-            Some(rest) => rest.strip_prefix(b"overlay.").filter(|r| !r.is_empty()).map(|r| {
-                let mut v = self.prefix.as_bytes().to_vec();
-                v.extend_from_slice(r);
-                OsString::from(OsStr::from_bytes(&v))
-            }),
+            Some(rest) => rest
+                .strip_prefix(b"overlay.")
+                .filter(|r| !r.is_empty())
+                .map(|r| {
+                    let mut v = self.prefix.as_bytes().to_vec();
+                    v.extend_from_slice(r);
+                    OsString::from(OsStr::from_bytes(&v))
+                }),
             None => Some(stored.to_os_string()),
         }
     }
@@ -135,7 +144,10 @@ mod tests {
 
     #[test]
     fn aufs_names() {
-        assert_eq!(aufs_whiteout_target(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(
+            aufs_whiteout_target(OsStr::new(".wh.foo")),
+            Some(OsStr::new("foo"))
+        );
         assert_eq!(aufs_whiteout_target(OsStr::new(".wh..wh..opq")), None);
         assert_eq!(aufs_whiteout_target(OsStr::new(".wh.")), None);
         assert_eq!(aufs_whiteout_target(OsStr::new("foo")), None);
@@ -147,15 +159,24 @@ mod tests {
         let x = XattrNames::new(false);
         let stored = x.escape(OsStr::new("trusted.overlay.opaque"));
         assert_eq!(stored, OsString::from("trusted.overlay.overlay.opaque"));
-        assert_eq!(x.unescape(&stored), Some(OsString::from("trusted.overlay.opaque")));
+        assert_eq!(
+            x.unescape(&stored),
+            Some(OsString::from("trusted.overlay.opaque"))
+        );
         assert_eq!(x.unescape(OsStr::new("trusted.overlay.origin")), None);
         assert_eq!(x.unescape(OsStr::new("user.fuseoverlayfs.opaque")), None);
-        assert_eq!(x.unescape(OsStr::new("user.a")), Some(OsString::from("user.a")));
+        assert_eq!(
+            x.unescape(OsStr::new("user.a")),
+            Some(OsString::from("user.a"))
+        );
         assert!(!x.copy_up_keeps(OsStr::new("trusted.overlay.origin")));
         assert!(x.copy_up_keeps(OsStr::new("trusted.overlay.overlay.x")));
         assert!(x.copy_up_keeps(OsStr::new("security.capability")));
         let u = XattrNames::new(true);
         assert_eq!(u.unescape(OsStr::new("user.overlay.redirect")), None);
-        assert_eq!(u.unescape(OsStr::new("trusted.overlay.redirect")), Some(OsString::from("trusted.overlay.redirect")));
+        assert_eq!(
+            u.unescape(OsStr::new("trusted.overlay.redirect")),
+            Some(OsString::from("trusted.overlay.redirect"))
+        );
     }
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
@@ -111,7 +111,10 @@ pub fn attr(st: &Stat) -> FileAttr {
 }
 
 fn creds(req: &Request) -> Creds {
-    Creds { uid: req.uid(), gid: req.gid() }
+    Creds {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 macro_rules! tryr {
@@ -134,7 +137,9 @@ impl OvlFuse {
 
 impl Filesystem for OvlFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let want = InitFlags::FUSE_ATOMIC_O_TRUNC | InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_EXPORT_SUPPORT;
+        let want = InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         let _ = config.add_capabilities(want & config.capabilities());
         Ok(())
     }
@@ -192,7 +197,16 @@ impl Filesystem for OvlFuse {
         reply.data(&t);
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let p = tryr!(reply, self.node(parent));
         let obj = if mode & libc::S_IFMT == libc::S_IFREG {
             NewObj::File(mode)
@@ -202,9 +216,21 @@ impl Filesystem for OvlFuse {
         self.reply_entry(reply, self.fs.create_object(&p, name, obj, creds(req)));
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         let p = tryr!(reply, self.node(parent));
-        self.reply_entry(reply, self.fs.create_object(&p, name, NewObj::Dir(mode), creds(req)));
+        self.reply_entry(
+            reply,
+            self.fs
+                .create_object(&p, name, NewObj::Dir(mode), creds(req)),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -219,10 +245,21 @@ impl Filesystem for OvlFuse {
         reply.ok();
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let p = tryr!(reply, self.node(parent));
         let t = tryr!(reply, sys::cstr(target.as_os_str()).map_err(Errno::from));
-        self.reply_entry(reply, self.fs.create_object(&p, link_name, NewObj::Symlink(&t), creds(req)));
+        self.reply_entry(
+            reply,
+            self.fs
+                .create_object(&p, link_name, NewObj::Symlink(&t), creds(req)),
+        );
     }
 
     fn rename(
@@ -241,7 +278,14 @@ impl Filesystem for OvlFuse {
         reply.ok();
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let n = tryr!(reply, self.node(ino));
         let np = tryr!(reply, self.node(newparent));
         self.reply_entry(reply, self.fs.link(&n, &np, newname));
@@ -284,7 +328,14 @@ impl Filesystem for OvlFuse {
         reply.written(n);
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -302,7 +353,14 @@ impl Filesystem for OvlFuse {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         tryr!(reply, self.fs.fsync(fh.0, datasync));
         reply.ok();
     }
@@ -313,22 +371,48 @@ impl Filesystem for OvlFuse {
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = tryr!(reply, self.fs.readdir(fh.0, offset));
         for (i, en) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(en.ino), (i + 1) as u64, dtype_kind(en.dtype), &en.name) {
+            if reply.add(
+                INodeNo(en.ino),
+                (i + 1) as u64,
+                dtype_kind(en.dtype),
+                &en.name,
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let n = tryr!(reply, self.node(ino));
         if n.has_upper() && self.fs.fsync_enabled() {
             if let Ok(path) = self.fs.path_of(&n) {
@@ -405,15 +489,38 @@ impl Filesystem for OvlFuse {
     ) {
         let p = tryr!(reply, self.node(parent));
         let (node, st, fh) = tryr!(reply, self.fs.create(&p, name, mode, flags, creds(req)));
-        reply.created(&self.ttl, &attr(&st), Generation(node.generation), FileHandle(fh), FopenFlags::empty());
+        reply.created(
+            &self.ttl,
+            &attr(&st),
+            Generation(node.generation),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        );
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         tryr!(reply, self.fs.fallocate(fh.0, offset, length, mode));
         reply.ok();
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         let off = tryr!(reply, self.fs.lseek(fh.0, offset, whence));
         reply.offset(off);
     }
@@ -431,12 +538,20 @@ impl Filesystem for OvlFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let n = tryr!(reply, self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len));
+        let n = tryr!(
+            reply,
+            self.fs
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        );
         reply.written(n);
     }
 
     fn destroy(&mut self) {
-        debug!("destroy: {} nodes, {} open files", self.fs.nodes.len(), self.fs.files.len());
+        debug!(
+            "destroy: {} nodes, {} open files",
+            self.fs.nodes.len(),
+            self.fs.files.len()
+        );
     }
 }
 

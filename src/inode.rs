@@ -30,7 +30,11 @@ impl OvlFs {
             return st.st_ino;
         }
         let shift = 64 - self.xino_bits;
-        let fsid = self.fs_devs.iter().position(|d| *d == st.st_dev).unwrap_or(0) as u64;
+        let fsid = self
+            .fs_devs
+            .iter()
+            .position(|d| *d == st.st_dev)
+            .unwrap_or(0) as u64;
         if st.st_ino >> shift != 0 {
             return st.st_ino;
         }
@@ -69,7 +73,11 @@ impl OvlFs {
     fn stat_open(&self, node: &Node, fh: Option<u64>) -> Option<Stat> {
         let f = match fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone())) {
             Some(f) if f.node.ino == node.ino => f,
-            _ => self.files.iter().find(|f| f.node.ino == node.ino).map(|f| f.clone())?,
+            _ => self
+                .files
+                .iter()
+                .find(|f| f.node.ino == node.ino)
+                .map(|f| f.clone())?,
         };
         let fd = f.fd();
         sys::fstat(fd.as_fd()).ok()
@@ -80,12 +88,24 @@ impl OvlFs {
             return errno(libc::EROFS);
         }
         let with_data = a.size != Some(0);
-        self.copy_up(node, if with_data { CopyUp::Data } else { CopyUp::NoData })?;
+        self.copy_up(
+            node,
+            if with_data {
+                CopyUp::Data
+            } else {
+                CopyUp::NoData
+            },
+        )?;
         let upper = self.upper()?;
         let path = self.path_of(node)?;
         let cpath = to_c(&path)?;
         if a.uid.is_some() || a.gid.is_some() {
-            sys::fchownat(upper.fd(), &cpath, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+            sys::fchownat(
+                upper.fd(),
+                &cpath,
+                a.uid.unwrap_or(u32::MAX),
+                a.gid.unwrap_or(u32::MAX),
+            )?;
         }
         if let Some(mode) = a.mode {
             if node.kind == libc::S_IFLNK {
@@ -108,7 +128,11 @@ impl OvlFs {
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let omit = (0, sys::UTIME_OMIT);
-            sys::utimensat(upper.fd(), &cpath, [a.atime.unwrap_or(omit), a.mtime.unwrap_or(omit)])?;
+            sys::utimensat(
+                upper.fd(),
+                &cpath,
+                [a.atime.unwrap_or(omit), a.mtime.unwrap_or(omit)],
+            )?;
         }
         self.getattr(node, a.fh)
     }
@@ -138,7 +162,11 @@ impl OvlFs {
         let mode = st.st_mode;
         if uid == 0 {
             let any_x = mode & 0o111 != 0 || node.is_dir();
-            return if mask & libc::X_OK != 0 && !any_x { errno(libc::EACCES) } else { Ok(()) };
+            return if mask & libc::X_OK != 0 && !any_x {
+                errno(libc::EACCES)
+            } else {
+                Ok(())
+            };
         }
         let bits = if st.st_uid == uid {
             (mode >> 6) & 7

@@ -56,7 +56,13 @@ impl Layer {
         let c = sys::cstr(path.as_os_str())?;
         let root = sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?;
         let st = sys::fstat(root.as_fd())?;
-        Ok(Layer { root, path: path.to_path_buf(), dev: st.st_dev, idx, data_only })
+        Ok(Layer {
+            root,
+            path: path.to_path_buf(),
+            dev: st.st_dev,
+            idx,
+            data_only,
+        })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -71,7 +77,9 @@ impl Layer {
     pub fn try_stat(&self, path: &[u8]) -> io::Result<Option<Stat>> {
         match self.stat(path) {
             Ok(st) => Ok(Some(st)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -86,7 +94,12 @@ impl Layer {
     }
 
     pub fn open_dir(&self, path: &[u8]) -> io::Result<OwnedFd> {
-        sys::open_beneath(self.fd(), &to_c(path)?, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        sys::open_beneath(
+            self.fd(),
+            &to_c(path)?,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
     }
 
     pub fn readlink(&self, path: &[u8]) -> io::Result<Vec<u8>> {
@@ -101,7 +114,12 @@ impl Layer {
     pub fn try_getxattr(&self, path: &[u8], name: &CStr) -> io::Result<Option<Vec<u8>>> {
         match self.getxattr(path, name) {
             Ok(v) => Ok(Some(v)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM)
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),

@@ -68,7 +68,11 @@ fn main() {
         Some(m) => m.clone(),
         None => die("no mountpoint given: ovlfuse -o lowerdir=A,upperdir=U,workdir=W MOUNTPOINT"),
     };
-    let source = if cli.args.len() == 2 { cli.args[0].to_string_lossy().into_owned() } else { "ovlfuse".into() };
+    let source = if cli.args.len() == 2 {
+        cli.args[0].to_string_lossy().into_owned()
+    } else {
+        "ovlfuse".into()
+    };
     let mut cfg = Config::default();
     for o in &cli.options {
         if let Err(e) = cfg.apply_options(o) {
@@ -78,23 +82,39 @@ fn main() {
     for w in cfg.warnings.drain(..) {
         eprintln!("{w}");
     }
-    let level = if cli.debug { "debug" } else { "info,fuser=error" };
+    let level = if cli.debug {
+        "debug"
+    } else {
+        "info,fuser=error"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
-    let cwd = std::env::current_dir().unwrap_or_else(|e| die(format!("cannot read the current directory: {e}")));
+    let cwd = std::env::current_dir()
+        .unwrap_or_else(|e| die(format!("cannot read the current directory: {e}")));
     let mnt = cfg.validate(&cwd, &mountpoint).unwrap_or_else(|e| die(e));
     sys::umask(0);
 
     let root = sys::geteuid() == 0;
     let f = cfg.fuse.clone();
-    let mut opts = vec![MountOption::FSName(source), MountOption::Subtype("ovlfuse".into())];
+    let mut opts = vec![
+        MountOption::FSName(source),
+        MountOption::Subtype("ovlfuse".into()),
+    ];
     if f.default_permissions || root {
         opts.push(MountOption::DefaultPermissions);
     }
     if f.ro || cfg.upper.is_none() {
         opts.push(MountOption::RO);
     }
-    opts.push(if f.nosuid.unwrap_or(!root) { MountOption::NoSuid } else { MountOption::Suid });
-    opts.push(if f.nodev.unwrap_or(!root) { MountOption::NoDev } else { MountOption::Dev });
+    opts.push(if f.nosuid.unwrap_or(!root) {
+        MountOption::NoSuid
+    } else {
+        MountOption::Suid
+    });
+    opts.push(if f.nodev.unwrap_or(!root) {
+        MountOption::NoDev
+    } else {
+        MountOption::Dev
+    });
     if f.noexec {
         opts.push(MountOption::NoExec);
     }

@@ -53,7 +53,10 @@ impl OvlFs {
                     if format::is_aufs_name(name) {
                         continue;
                     }
-                    if layer.try_stat(&join(&ldir, &format::aufs_whiteout_name(name)))?.is_some() {
+                    if layer
+                        .try_stat(&join(&ldir, &format::aufs_whiteout_name(name)))?
+                        .is_some()
+                    {
                         break;
                     }
                     continue;
@@ -61,7 +64,10 @@ impl OvlFs {
                 if format::is_whiteout(&st) {
                     break;
                 }
-                let lref = LowerRef { layer: l.layer, path: l.path.as_ref().map(|_| Arc::from(lpath.as_slice())) };
+                let lref = LowerRef {
+                    layer: l.layer,
+                    path: l.path.as_ref().map(|_| Arc::from(lpath.as_slice())),
+                };
                 match &top {
                     None => {
                         top = Some((st, layer.idx));
@@ -79,7 +85,9 @@ impl OvlFs {
                 }
             }
         }
-        let Some((mut st, idx)) = top else { return Ok(None) };
+        let Some((mut st, idx)) = top else {
+            return Ok(None);
+        };
         // Lower names that spell AUFS markers never show.
         if !upper && format::is_aufs_name(name) {
             return Ok(None);
@@ -94,14 +102,28 @@ impl OvlFs {
         };
         st.st_ino = ino;
         let kind = st.st_mode & libc::S_IFMT;
-        Ok(Some((Found { ino, kind, upper, lowers }, st)))
+        Ok(Some((
+            Found {
+                ino,
+                kind,
+                upper,
+                lowers,
+            },
+            st,
+        )))
     }
 
     /// Looks up and interns the node; `count` adds a kernel lookup reference.
-    pub fn lookup(&self, parent: &Arc<Node>, name: &OsStr, count: bool) -> Result<(Arc<Node>, Stat)> {
+    pub fn lookup(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        count: bool,
+    ) -> Result<(Arc<Node>, Stat)> {
         match self.lookup_found(parent, name)? {
             Some((found, st)) => {
-                let merged_dir = found.kind == libc::S_IFDIR && found.upper as usize + found.lowers.len() > 1;
+                let merged_dir =
+                    found.kind == libc::S_IFDIR && found.upper as usize + found.lowers.len() > 1;
                 let found_upper = found.upper;
                 let node = self.nodes.intern(parent, name, found, count);
                 if node.has_upper() && !found_upper {
@@ -131,7 +153,10 @@ impl OvlFs {
                 Some(st) if format::is_whiteout(&st) => return Ok(false),
                 Some(_) => return Ok(true),
                 None => {
-                    if layer.try_stat(&join(&ldir, &format::aufs_whiteout_name(name)))?.is_some() {
+                    if layer
+                        .try_stat(&join(&ldir, &format::aufs_whiteout_name(name)))?
+                        .is_some()
+                    {
                         return Ok(false);
                     }
                 }

@@ -127,7 +127,11 @@ impl Node {
     pub fn add_alias(&self, parent: &Arc<Node>, name: &OsStr) {
         let mut st = self.state.write();
         st.dead = false;
-        if !st.aliases.iter().any(|(p, n)| Arc::ptr_eq(p, parent) && n == name) {
+        if !st
+            .aliases
+            .iter()
+            .any(|(p, n)| Arc::ptr_eq(p, parent) && n == name)
+        {
             if self.is_dir() {
                 st.aliases.clear();
             }
@@ -139,7 +143,8 @@ impl Node {
     /// and `last_link` says the object itself is gone.
     pub fn remove_alias(&self, parent: &Arc<Node>, name: &OsStr, last_link: bool) {
         let mut st = self.state.write();
-        st.aliases.retain(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name));
+        st.aliases
+            .retain(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name));
         if last_link && st.aliases.is_empty() {
             st.dead = true;
         }
@@ -148,7 +153,11 @@ impl Node {
     /// Makes (parent, name) the name that path() uses.
     pub fn promote_alias(&self, parent: &Arc<Node>, name: &OsStr) {
         let mut st = self.state.write();
-        if let Some(i) = st.aliases.iter().position(|(p, n)| Arc::ptr_eq(p, parent) && n == name) {
+        if let Some(i) = st
+            .aliases
+            .iter()
+            .position(|(p, n)| Arc::ptr_eq(p, parent) && n == name)
+        {
             let a = st.aliases.remove(i);
             st.aliases.insert(0, a);
         }
@@ -158,11 +167,20 @@ impl Node {
         self.state.read().aliases.len()
     }
 
-    pub fn rename_alias(&self, old_parent: &Arc<Node>, old: &OsStr, new_parent: &Arc<Node>, new: &OsStr) {
+    pub fn rename_alias(
+        &self,
+        old_parent: &Arc<Node>,
+        old: &OsStr,
+        new_parent: &Arc<Node>,
+        new: &OsStr,
+    ) {
         let mut st = self.state.write();
-        st.aliases.retain(|(p, n)| !(Arc::ptr_eq(p, old_parent) && n == old));
-        st.aliases.retain(|(p, n)| !(Arc::ptr_eq(p, new_parent) && n == new));
-        st.aliases.insert(0, (new_parent.clone(), new.to_os_string()));
+        st.aliases
+            .retain(|(p, n)| !(Arc::ptr_eq(p, old_parent) && n == old));
+        st.aliases
+            .retain(|(p, n)| !(Arc::ptr_eq(p, new_parent) && n == new));
+        st.aliases
+            .insert(0, (new_parent.clone(), new.to_os_string()));
         st.dead = false;
     }
 }
@@ -184,7 +202,10 @@ pub struct NodeTable {
 
 impl NodeTable {
     pub fn new(root: Node) -> NodeTable {
-        let t = NodeTable { map: DashMap::new(), generation: AtomicU64::new(1) };
+        let t = NodeTable {
+            map: DashMap::new(),
+            generation: AtomicU64::new(1),
+        };
         root.nlookup.store(1, Ordering::Release);
         t.map.insert(ROOT_INO, Arc::new(root));
         t
@@ -216,7 +237,11 @@ impl NodeTable {
                 generation,
                 f.kind,
                 f.upper,
-                NodeState { aliases: vec![(parent.clone(), name.to_os_string())], lowers: f.lowers.clone(), dead: false },
+                NodeState {
+                    aliases: vec![(parent.clone(), name.to_os_string())],
+                    lowers: f.lowers.clone(),
+                    dead: false,
+                },
             );
             n.nlookup.store(nlookup + count as u64, Ordering::Release);
             Arc::new(n)
@@ -259,7 +284,9 @@ impl NodeTable {
     /// Drops `n` lookups; frees the node (and ancestors nobody needs) at zero.
     pub fn forget(&self, ino: u64, n: u64) {
         let Some(node) = self.get(ino) else { return };
-        let prev = node.nlookup.fetch_sub(n.min(node.nlookup()), Ordering::AcqRel);
+        let prev = node
+            .nlookup
+            .fetch_sub(n.min(node.nlookup()), Ordering::AcqRel);
         if prev > n {
             return;
         }

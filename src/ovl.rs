@@ -53,7 +53,10 @@ impl OvlFs {
     pub fn new(mut cfg: Config) -> std::result::Result<OvlFs, String> {
         let mut lowers = Vec::with_capacity(cfg.lowers.len());
         for (i, l) in cfg.lowers.iter().enumerate() {
-            lowers.push(Layer::open(&l.path, i + 1, l.data_only).map_err(|e| io_err("lowerdir", &l.path, e))?);
+            lowers.push(
+                Layer::open(&l.path, i + 1, l.data_only)
+                    .map_err(|e| io_err("lowerdir", &l.path, e))?,
+            );
         }
         let mut upper = None;
         let mut work = None;
@@ -81,7 +84,9 @@ impl OvlFs {
         let xn = XattrNames::new(cfg.userxattr);
         let root_top = match &upper {
             Some(u) => u.stat(b"").map_err(|e| io_err("upperdir", &u.path, e))?,
-            None => lowers[0].stat(b"").map_err(|e| io_err("lowerdir", &lowers[0].path, e))?,
+            None => lowers[0]
+                .stat(b"")
+                .map_err(|e| io_err("lowerdir", &lowers[0].path, e))?,
         };
         let _ = root_top;
         let mut root_lowers = Vec::new();
@@ -89,14 +94,21 @@ impl OvlFs {
             if l.data_only {
                 break;
             }
-            root_lowers.push(LowerRef { layer: i as u16, path: None });
+            root_lowers.push(LowerRef {
+                layer: i as u16,
+                path: None,
+            });
         }
         let root = Node::new(
             ROOT_INO,
             0,
             libc::S_IFDIR,
             upper.is_some(),
-            NodeState { aliases: Vec::new(), lowers: root_lowers, dead: false },
+            NodeState {
+                aliases: Vec::new(),
+                lowers: root_lowers,
+                dead: false,
+            },
         );
         Ok(OvlFs {
             cfg,
@@ -178,7 +190,14 @@ impl OvlFs {
     pub fn is_opaque(&self, layer: &Layer, path: &[u8], lower: bool) -> Result<bool> {
         let names = match layer.listxattr(path) {
             Ok(n) => n,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENODATA)) => Vec::new(),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENODATA)
+                ) =>
+            {
+                Vec::new()
+            }
             Err(e) => return Err(e.into()),
         };
         for n in &names {
@@ -235,7 +254,7 @@ fn prepare_workdir(w: &Layer, index: bool) -> io::Result<OwnedFd> {
         }
         match sys::mkdirat(w.fd(), name, 0) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => sys::fchmodat(w.fd(), name, 0)?,
             Err(e) => return Err(e),
         }
     }

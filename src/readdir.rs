@@ -44,7 +44,11 @@ impl OvlFs {
                         continue;
                     }
                 }
-                let ino = self.copied.get(&ino).map(|i| *i).unwrap_or_else(|| self.dir_ino(0, u.dev, ino));
+                let ino = self
+                    .copied
+                    .get(&ino)
+                    .map(|i| *i)
+                    .unwrap_or_else(|| self.dir_ino(0, u.dev, ino));
                 out.push(DirEntry { name, ino, dtype });
             }
         }
@@ -73,7 +77,11 @@ impl OvlFs {
                     }
                     dtype = dtype_of(st.st_mode);
                 }
-                out.push(DirEntry { name, ino: self.dir_ino(layer.idx, layer.dev, ino), dtype });
+                out.push(DirEntry {
+                    name,
+                    ino: self.dir_ino(layer.idx, layer.dev, ino),
+                    dtype,
+                });
             }
             seen.extend(hidden);
         }
@@ -94,20 +102,38 @@ impl OvlFs {
             return crate::errno(libc::ENOTDIR);
         }
         let fh = self.next_fh();
-        self.dirs.insert(fh, Arc::new(DirHandle { node: node.clone(), entries: Mutex::new(Arc::new(Vec::new())) }));
+        self.dirs.insert(
+            fh,
+            Arc::new(DirHandle {
+                node: node.clone(),
+                entries: Mutex::new(Arc::new(Vec::new())),
+            }),
+        );
         Ok(fh)
     }
 
     /// The snapshot to read from `offset` on: offset 0 takes a fresh one.
     /// Entry i of the list has offset i + 1; "." and ".." come first.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
-        let h = self.dirs.get(&fh).map(|h| h.clone()).ok_or(crate::Errno(libc::EBADF))?;
+        let h = self
+            .dirs
+            .get(&fh)
+            .map(|h| h.clone())
+            .ok_or(crate::Errno(libc::EBADF))?;
         if offset == 0 {
             let node = &h.node;
             let parent = node.parent().map(|p| p.ino).unwrap_or(node.ino);
             let mut v = vec![
-                DirEntry { name: ".".into(), ino: node.ino, dtype: libc::DT_DIR },
-                DirEntry { name: "..".into(), ino: parent, dtype: libc::DT_DIR },
+                DirEntry {
+                    name: ".".into(),
+                    ino: node.ino,
+                    dtype: libc::DT_DIR,
+                },
+                DirEntry {
+                    name: "..".into(),
+                    ino: parent,
+                    dtype: libc::DT_DIR,
+                },
             ];
             v.extend(self.merged_entries(node)?);
             *h.entries.lock() = Arc::new(v);

@@ -53,7 +53,11 @@ pub fn open_beneath(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::
     if !NO_OPENAT2.load(Ordering::Relaxed) {
         let how = OpenHow {
             flags: flags as u64,
-            mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode as u64 } else { 0 },
+            mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+                mode as u64
+            } else {
+                0
+            },
             resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
         };
         // SAFETY: `how` is a valid open_how and `path` a valid C string.
@@ -86,7 +90,12 @@ pub fn open_beneath(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::
 pub fn openat(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall on valid pointers.
     let fd = cvt(unsafe {
-        libc::openat(dir.as_raw_fd(), path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint)
+        libc::openat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
     })?;
     // SAFETY: new fd owned by us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -149,7 +158,12 @@ pub fn readlinkat(dir: BorrowedFd, path: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: buf is writable for its length.
     let n = cvt_ssize(unsafe {
-        libc::readlinkat(dir.as_raw_fd(), path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     })?;
     buf.truncate(n);
     Ok(buf)
@@ -160,10 +174,22 @@ pub fn unlinkat(dir: BorrowedFd, name: &CStr, flags: i32) -> io::Result<()> {
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
 
-pub fn linkat(odir: BorrowedFd, oname: &CStr, ndir: BorrowedFd, nname: &CStr, flags: i32) -> io::Result<()> {
+pub fn linkat(
+    odir: BorrowedFd,
+    oname: &CStr,
+    ndir: BorrowedFd,
+    nname: &CStr,
+    flags: i32,
+) -> io::Result<()> {
     // SAFETY: plain syscall.
     cvt(unsafe {
-        libc::linkat(odir.as_raw_fd(), oname.as_ptr(), ndir.as_raw_fd(), nname.as_ptr(), flags)
+        libc::linkat(
+            odir.as_raw_fd(),
+            oname.as_ptr(),
+            ndir.as_raw_fd(),
+            nname.as_ptr(),
+            flags,
+        )
     })
     .map(drop)
 }
@@ -172,10 +198,22 @@ pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
 pub const RENAME_WHITEOUT: u32 = libc::RENAME_WHITEOUT;
 
-pub fn renameat2(odir: BorrowedFd, oname: &CStr, ndir: BorrowedFd, nname: &CStr, flags: u32) -> io::Result<()> {
+pub fn renameat2(
+    odir: BorrowedFd,
+    oname: &CStr,
+    ndir: BorrowedFd,
+    nname: &CStr,
+    flags: u32,
+) -> io::Result<()> {
     // SAFETY: plain syscall.
     cvt(unsafe {
-        libc::renameat2(odir.as_raw_fd(), oname.as_ptr(), ndir.as_raw_fd(), nname.as_ptr(), flags)
+        libc::renameat2(
+            odir.as_raw_fd(),
+            oname.as_ptr(),
+            ndir.as_raw_fd(),
+            nname.as_ptr(),
+            flags,
+        )
     })
     .map(drop)
 }
@@ -210,10 +248,18 @@ pub const UTIME_NOW: i64 = libc::UTIME_NOW;
 
 /// Sets atime and mtime (seconds, nanoseconds); UTIME_* constants allowed in nsec.
 pub fn utimensat(dir: BorrowedFd, path: &CStr, times: [(i64, i64); 2]) -> io::Result<()> {
-    let ts = times.map(|(s, n)| libc::timespec { tv_sec: s as _, tv_nsec: n as _ });
+    let ts = times.map(|(s, n)| libc::timespec {
+        tv_sec: s as _,
+        tv_nsec: n as _,
+    });
     // SAFETY: ts points at two timespecs.
     cvt(unsafe {
-        libc::utimensat(dir.as_raw_fd(), path.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH)
+        libc::utimensat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
+        )
     })
     .map(drop)
 }
@@ -237,17 +283,32 @@ pub fn fsync(fd: BorrowedFd, datasync: bool) -> io::Result<()> {
 
 pub fn pread(fd: BorrowedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
     // SAFETY: buf is writable for its length.
-    cvt_ssize(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off as libc::off_t) })
+    cvt_ssize(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            off as libc::off_t,
+        )
+    })
 }
 
 pub fn pwrite(fd: BorrowedFd, buf: &[u8], off: u64) -> io::Result<usize> {
     // SAFETY: buf is readable for its length.
-    cvt_ssize(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off as libc::off_t) })
+    cvt_ssize(unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            off as libc::off_t,
+        )
+    })
 }
 
 pub fn fallocate(fd: BorrowedFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall.
-    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) }).map(drop)
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })
+        .map(drop)
 }
 
 pub fn lseek(fd: BorrowedFd, off: i64, whence: i32) -> io::Result<i64> {
@@ -260,11 +321,19 @@ pub fn lseek(fd: BorrowedFd, off: i64, whence: i32) -> io::Result<i64> {
     }
 }
 
-pub fn copy_file_range(fin: BorrowedFd, off_in: u64, fout: BorrowedFd, off_out: u64, len: usize) -> io::Result<usize> {
+pub fn copy_file_range(
+    fin: BorrowedFd,
+    off_in: u64,
+    fout: BorrowedFd,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
     let mut oi = off_in as libc::loff_t;
     let mut oo = off_out as libc::loff_t;
     // SAFETY: offsets are valid out pointers.
-    cvt_ssize(unsafe { libc::copy_file_range(fin.as_raw_fd(), &mut oi, fout.as_raw_fd(), &mut oo, len, 0) })
+    cvt_ssize(unsafe {
+        libc::copy_file_range(fin.as_raw_fd(), &mut oi, fout.as_raw_fd(), &mut oo, len, 0)
+    })
 }
 
 /// Shares all blocks of `src` with `dst` (reflink); EOPNOTSUPP/EXDEV/EINVAL where unsupported.
@@ -286,7 +355,14 @@ pub fn read_dir(fd: BorrowedFd) -> io::Result<Vec<(OsString, u64, u8)>> {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -300,7 +376,10 @@ pub fn read_dir(fd: BorrowedFd) -> io::Result<Vec<(OsString, u64, u8)>> {
             let reclen = u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().unwrap()) as usize;
             let dtype = buf[pos + 18];
             let name_bytes = &buf[pos + 19..pos + reclen];
-            let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let len = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
             let name = &name_bytes[..len];
             if name != b"." && name != b".." {
                 out.push((OsString::from_vec(name.to_vec()), ino, dtype));
@@ -370,9 +449,18 @@ pub fn getxattr(dir: BorrowedFd, path: &CStr, name: &CStr) -> io::Result<Vec<u8>
 }
 
 /// getxattr into `buf`; an empty buf asks for the size.
-pub fn getxattr_buf(dir: BorrowedFd, path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+pub fn getxattr_buf(
+    dir: BorrowedFd,
+    path: &CStr,
+    name: &CStr,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     if !NO_XATTRAT.load(Ordering::Relaxed) {
-        let mut args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: buf.len() as u32,
+            flags: 0,
+        };
         // SAFETY: args describes buf, which is writable for its length.
         let r = unsafe {
             libc::syscall(
@@ -391,12 +479,29 @@ pub fn getxattr_buf(dir: BorrowedFd, path: &CStr, name: &CStr, buf: &mut [u8]) -
     }
     let p = proc_path(dir, path);
     // SAFETY: buf is writable for its length.
-    cvt_ssize(unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+    cvt_ssize(unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
 }
 
-pub fn setxattr(dir: BorrowedFd, path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+pub fn setxattr(
+    dir: BorrowedFd,
+    path: &CStr,
+    name: &CStr,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
     if !NO_XATTRAT.load(Ordering::Relaxed) {
-        let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: flags as u32 };
+        let args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: value.len() as u32,
+            flags: flags as u32,
+        };
         // SAFETY: args describes value, which is readable for its length.
         let r = unsafe {
             libc::syscall(
@@ -415,14 +520,29 @@ pub fn setxattr(dir: BorrowedFd, path: &CStr, name: &CStr, value: &[u8], flags: 
     }
     let p = proc_path(dir, path);
     // SAFETY: value is readable for its length.
-    cvt(unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) }).map(drop)
+    cvt(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
 }
 
 pub fn removexattr(dir: BorrowedFd, path: &CStr, name: &CStr) -> io::Result<()> {
     if !NO_XATTRAT.load(Ordering::Relaxed) {
         // SAFETY: plain syscall on valid strings.
         let r = unsafe {
-            libc::syscall(SYS_REMOVEXATTRAT, dir.as_raw_fd(), path.as_ptr(), at_flags(path), name.as_ptr())
+            libc::syscall(
+                SYS_REMOVEXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                at_flags(path),
+                name.as_ptr(),
+            )
         };
         if !xattrat_missing(r) {
             return cvt_ssize(r as libc::ssize_t).map(drop);

@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn ovlfuse(args: &[&str], cwd: &Path) -> Output {
-    Command::new(bin()).args(args).current_dir(cwd).stdin(Stdio::null()).output().unwrap()
+    Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// Pids of processes whose command line names `mnt` (started by this test).
@@ -19,8 +24,12 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
     let needle = mnt.to_string_lossy().into_owned();
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         // A daemon started with a relative mountpoint runs in its parent dir.
         let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
@@ -55,7 +64,11 @@ impl Drop for DaemonGuard {
 fn wait_gone(mnt: &Path) {
     let t = Instant::now();
     while !daemons_for(mnt).is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(10), "daemon for {} did not exit", mnt.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "daemon for {} did not exit",
+            mnt.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -86,22 +99,67 @@ impl Dirs {
 fn validation_errors_are_one_line_and_exit_1() {
     let d = Dirs::new();
     fs::create_dir_all(d.p("m/inside")).unwrap();
-    let shm = Scratch(PathBuf::from(format!("/dev/shm/ovlfuse-cli-{}", std::process::id())));
+    let shm = Scratch(PathBuf::from(format!(
+        "/dev/shm/ovlfuse-cli-{}",
+        std::process::id()
+    )));
     fs::create_dir_all(&shm.0).unwrap();
     let many: Vec<String> = (0..501).map(|_| d.s("l1")).collect();
     let cases: Vec<(String, &str)> = vec![
         (format!("lowerdir={}", d.s("missing")), "lowerdir"),
         (format!("lowerdir={}", d.s("l1/f")), "is not a directory"),
-        (format!("upperdir={},workdir={}", d.s("u"), d.s("w")), "no lowerdir given"),
-        (format!("lowerdir={},upperdir={}", d.s("l1"), d.s("u")), "without workdir"),
-        (format!("lowerdir={},workdir={}", d.s("l1"), d.s("w")), "without upperdir"),
-        (format!("lowerdir={},upperdir={},workdir={}", d.s("l1"), d.s("u"), d.s("u")), "overlap"),
-        (format!("lowerdir={},upperdir={},workdir={}", d.s("l1"), d.s("l1"), d.s("w")), "overlaps lowerdir"),
-        (format!("lowerdir={}", d.s("m/inside")), "inside the mountpoint"),
-        (format!("lowerdir={},upperdir={},workdir={}", d.s("l1"), d.s("u"), shm.0.display()), "same filesystem"),
+        (
+            format!("upperdir={},workdir={}", d.s("u"), d.s("w")),
+            "no lowerdir given",
+        ),
+        (
+            format!("lowerdir={},upperdir={}", d.s("l1"), d.s("u")),
+            "without workdir",
+        ),
+        (
+            format!("lowerdir={},workdir={}", d.s("l1"), d.s("w")),
+            "without upperdir",
+        ),
+        (
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d.s("l1"),
+                d.s("u"),
+                d.s("u")
+            ),
+            "overlap",
+        ),
+        (
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d.s("l1"),
+                d.s("l1"),
+                d.s("w")
+            ),
+            "overlaps lowerdir",
+        ),
+        (
+            format!("lowerdir={}", d.s("m/inside")),
+            "inside the mountpoint",
+        ),
+        (
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d.s("l1"),
+                d.s("u"),
+                shm.0.display()
+            ),
+            "same filesystem",
+        ),
         (format!("lowerdir={}", many.join(":")), "at most 500"),
-        (format!("lowerdir={},redirect_dir=sometimes", d.s("l1")), "redirect_dir"),
-        (format!("lowerdir={},uidmapping=0:1000", d.s("l1")), "uidmapping"),
+        (
+            format!("lowerdir={},redirect_dir=sometimes", d.s("l1")),
+            "redirect_dir",
+        ),
+        (
+            format!("lowerdir={},uidmapping=0:1000", d.s("l1")),
+            "uidmapping",
+        ),
         (format!("lowerdir={},timeout=soon", d.s("l1")), "timeout"),
         (format!("lowerdir={},threads=0", d.s("l1")), "threads"),
         (format!("lowerdir={}:", d.s("l1")), "empty layer path"),
@@ -109,17 +167,30 @@ fn validation_errors_are_one_line_and_exit_1() {
     for (opts, want) in &cases {
         let out = ovlfuse(&["-o", opts, &d.s("m")], &d.s.0);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{opts}: exit code, stderr {err}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{opts}: exit code, stderr {err}"
+        );
         assert_eq!(err.lines().count(), 1, "{opts}: want one line, got {err}");
-        assert!(err.starts_with("ovlfuse: ") && err.contains(want), "{opts}: {err} lacks '{want}'");
+        assert!(
+            err.starts_with("ovlfuse: ") && err.contains(want),
+            "{opts}: {err} lacks '{want}'"
+        );
         assert!(!is_mounted(&d.p("m")), "{opts}: left a mount");
     }
-    let out = ovlfuse(&["-o", &format!("lowerdir={}", d.s("l1")), &d.s("nomnt")], &d.s.0);
+    let out = ovlfuse(
+        &["-o", &format!("lowerdir={}", d.s("l1")), &d.s("nomnt")],
+        &d.s.0,
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mountpoint"));
     let out = ovlfuse(&[], &d.s.0);
     assert_eq!(out.status.code(), Some(1));
-    assert!(daemons_for(&d.p("m")).is_empty(), "a daemon is left running");
+    assert!(
+        daemons_for(&d.p("m")).is_empty(),
+        "a daemon is left running"
+    );
 }
 
 #[test]
@@ -128,12 +199,22 @@ fn version_and_help() {
     let out = ovlfuse(&["--version"], &d.s.0);
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.starts_with(&format!("ovlfuse version {}\n", env!("CARGO_PKG_VERSION"))), "{s}");
+    assert!(
+        s.starts_with(&format!("ovlfuse version {}\n", env!("CARGO_PKG_VERSION"))),
+        "{s}"
+    );
     assert!(s.contains("FUSE"), "{s}");
     let out = ovlfuse(&["--help"], &d.s.0);
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
-    for w in ["lowerdir", "upperdir", "workdir", "-f", "-d", "fusermount3 -u"] {
+    for w in [
+        "lowerdir",
+        "upperdir",
+        "workdir",
+        "-f",
+        "-d",
+        "fusermount3 -u",
+    ] {
         assert!(s.contains(w), "--help lacks {w}");
     }
 }
@@ -143,18 +224,34 @@ fn daemon_returns_once_live_and_exits_on_fusermount() {
     let d = Dirs::new();
     // Relative paths, several -o, an empty item and an unknown option.
     let _guard = DaemonGuard(d.p("m"));
-    let out = ovlfuse(&["-o", "lowerdir=l1:l2", "-o", "upperdir=u,,workdir=w,bogus_opt", "m"], &d.s.0);
+    let out = ovlfuse(
+        &[
+            "-o",
+            "lowerdir=l1:l2",
+            "-o",
+            "upperdir=u,,workdir=w,bogus_opt",
+            "m",
+        ],
+        &d.s.0,
+    );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "mount failed: {err}");
     assert!(err.contains("unknown option 'bogus_opt'"), "{err}");
-    assert!(is_mounted(&d.p("m")), "not mounted when the command returned");
+    assert!(
+        is_mounted(&d.p("m")),
+        "not mounted when the command returned"
+    );
     assert_eq!(fs::read(d.p("m/f")).unwrap(), b"lower\n");
     assert_eq!(fs::read(d.p("m/g")).unwrap(), b"bottom\n");
     let pids = daemons_for(&d.p("m"));
     assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
     assert_ne!(pids[0], out.status.code().unwrap_or(0) as u32);
     fs::write(d.p("m/new"), b"x").unwrap();
-    let st = Command::new("fusermount3").arg("-u").arg(d.p("m")).status().unwrap();
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(d.p("m"))
+        .status()
+        .unwrap();
     assert!(st.success());
     assert!(!is_mounted(&d.p("m")));
     wait_gone(&d.p("m"));
@@ -164,12 +261,23 @@ fn daemon_returns_once_live_and_exits_on_fusermount() {
 #[test]
 fn sigterm_unmounts_cleanly() {
     let d = Dirs::new();
-    let mut m = OvlMount::new(&format!("lowerdir={},upperdir={},workdir={}", d.s("l1"), d.s("u"), d.s("w")), &d.p("m"));
+    let mut m = OvlMount::new(
+        &format!(
+            "lowerdir={},upperdir={},workdir={}",
+            d.s("l1"),
+            d.s("u"),
+            d.s("w")
+        ),
+        &d.p("m"),
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
     let t = Instant::now();
     while is_mounted(&d.p("m")) {
-        assert!(t.elapsed() < Duration::from_secs(10), "still mounted after SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still mounted after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let st = m.stop().unwrap();
@@ -186,12 +294,25 @@ fn mount_fuse3_helper_runs_us() {
     fs::create_dir_all(&bindir).unwrap();
     std::os::unix::fs::symlink(bin(), bindir.join("ovlfuse")).unwrap();
     // mount.fuse3 runs `ovlfuse ovlfuse MNT -o rw,...,dev,suid` through PATH.
-    let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap_or_default());
-    let opts = format!("lowerdir={},upperdir={},workdir={}", d.s("l1"), d.s("u"), d.s("w"));
+    let path = format!(
+        "{}:{}",
+        bindir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        d.s("l1"),
+        d.s("u"),
+        d.s("w")
+    );
     // mount(8) runs exactly this for `mount -t fuse.ovlfuse` (with a PATH of
     // system dirs only, where scripts/install puts ovlfuse).
     let _guard = DaemonGuard(d.p("m"));
-    let helper = if Path::new("/sbin/mount.fuse3").exists() { "/sbin/mount.fuse3" } else { "/usr/sbin/mount.fuse3" };
+    let helper = if Path::new("/sbin/mount.fuse3").exists() {
+        "/sbin/mount.fuse3"
+    } else {
+        "/usr/sbin/mount.fuse3"
+    };
     let out = Command::new(helper)
         .arg("ovlfuse#ovlfuse")
         .arg(d.p("m"))
@@ -199,7 +320,11 @@ fn mount_fuse3_helper_runs_us() {
         .env("PATH", &path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "mount -t fuse.ovlfuse: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mount -t fuse.ovlfuse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(is_mounted(&d.p("m")));
     assert_eq!(fs::read(d.p("m/f")).unwrap(), b"lower\n");
     let pids = daemons_for(&d.p("m"));
@@ -215,7 +340,10 @@ fn without_upper_the_mount_is_read_only() {
     assert_eq!(ls(&d.p("m")).unwrap(), vec!["f", "g"]);
     let e = fs::write(d.p("m/x"), b"1").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
-    let e = fs::OpenOptions::new().append(true).open(d.p("m/f")).unwrap_err();
+    let e = fs::OpenOptions::new()
+        .append(true)
+        .open(d.p("m/f"))
+        .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     assert_eq!(fs::read(d.p("m/f")).unwrap(), b"lower\n");
 }

@@ -39,7 +39,15 @@ fn sys_res(r: libc::c_int) -> String {
 fn renameat2(a: &Path, b: &Path, flags: u32) -> String {
     let (a, b) = (c(a), c(b));
     // SAFETY: valid C strings.
-    sys_res(unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) })
+    sys_res(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    })
 }
 
 fn mknod_res(p: &Path, mode: u32, dev: u64) -> String {
@@ -54,17 +62,35 @@ fn initial_view_matches() {
     for d in ["", "a", "opq", "deep/1/2/3", "emptyish"] {
         p.both(&format!("ls {d}"), |m| ls(&m.join(d)));
     }
-    for f in ["a/x", "a/y", "wh-me", "gone-dir", "opq/hidden", "sym", "abs", "nope"] {
-        p.both(&format!("lstat {f}"), |m| res(fs::symlink_metadata(m.join(f))));
+    for f in [
+        "a/x",
+        "a/y",
+        "wh-me",
+        "gone-dir",
+        "opq/hidden",
+        "sym",
+        "abs",
+        "nope",
+    ] {
+        p.both(&format!("lstat {f}"), |m| {
+            res(fs::symlink_metadata(m.join(f)))
+        });
     }
-    p.both("readlink", |m| fs::read_link(m.join("sym")).map_err(|e| e.raw_os_error()));
+    p.both("readlink", |m| {
+        fs::read_link(m.join("sym")).map_err(|e| e.raw_os_error())
+    });
     p.both("d_type", |m| {
         let mut v: Vec<(String, bool, bool, bool)> = fs::read_dir(m)
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
                 let t = e.file_type().unwrap();
-                (e.file_name().to_string_lossy().into_owned(), t.is_dir(), t.is_symlink(), t.is_file())
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    t.is_dir(),
+                    t.is_symlink(),
+                    t.is_file(),
+                )
             })
             .collect();
         v.sort();
@@ -79,7 +105,10 @@ fn copy_up_on_write_keeps_metadata_and_open_readers() {
     p.both("append x", |m| res(append(&m.join("a/x"), b"more\n")));
     p.both("append owned", |m| res(append(&m.join("owned"), b"more\n")));
     p.both("sparse write", |m| {
-        let mut f = fs::OpenOptions::new().write(true).open(m.join("sparse")).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("sparse"))
+            .unwrap();
         f.seek(SeekFrom::Start(4096)).unwrap();
         f.write_all(b"head").unwrap();
         drop(f);
@@ -137,11 +166,17 @@ fn unlink_and_rmdir_leave_kernel_whiteouts() {
     let p = Pair::new(K, O);
     p.both("unlink lower file", |m| res(fs::remove_file(m.join("top"))));
     p.both("unlink again", |m| res(fs::remove_file(m.join("top"))));
-    p.both("unlink merged-dir file", |m| res(fs::remove_file(m.join("a/x"))));
+    p.both("unlink merged-dir file", |m| {
+        res(fs::remove_file(m.join("a/x")))
+    });
     p.both("unlink dir", |m| res(fs::remove_file(m.join("a"))));
     p.both("rmdir file", |m| res(fs::remove_dir(m.join("hard1"))));
-    p.both("rmdir nonempty merged", |m| res(fs::remove_dir(m.join("a"))));
-    p.both("rmdir empty lower", |m| res(fs::remove_dir(m.join("emptydir"))));
+    p.both("rmdir nonempty merged", |m| {
+        res(fs::remove_dir(m.join("a")))
+    });
+    p.both("rmdir empty lower", |m| {
+        res(fs::remove_dir(m.join("emptydir")))
+    });
     p.both("new then unlink", |m| {
         fs::write(m.join("fresh"), b"1").unwrap();
         res(fs::remove_file(m.join("fresh")))
@@ -154,10 +189,17 @@ fn unlink_and_rmdir_leave_kernel_whiteouts() {
         (ls(&m.join("a")), res(fs::remove_dir(m.join("a"))))
     });
     p.both("rm -r deep", |m| res(fs::remove_dir_all(m.join("deep"))));
-    p.both("unlink symlink and fifo", |m| (res(fs::remove_file(m.join("sym"))), res(fs::remove_file(m.join("fifo")))));
+    p.both("unlink symlink and fifo", |m| {
+        (
+            res(fs::remove_file(m.join("sym"))),
+            res(fs::remove_file(m.join("fifo"))),
+        )
+    });
     p.both("unlink one hard link", |m| {
         fs::remove_file(m.join("hard1")).unwrap();
-        fs::metadata(m.join("hard2")).map(|md| md.nlink()).map_err(|e| e.raw_os_error())
+        fs::metadata(m.join("hard2"))
+            .map(|md| md.nlink())
+            .map_err(|e| e.raw_os_error())
     });
     finish(p);
 }
@@ -165,13 +207,22 @@ fn unlink_and_rmdir_leave_kernel_whiteouts() {
 #[test]
 fn create_over_whiteouts_and_in_merged_dirs() {
     let p = Pair::new(K, O);
-    p.both("mkdir over whiteout", |m| res(fs::create_dir(m.join("gone-dir"))));
+    p.both("mkdir over whiteout", |m| {
+        res(fs::create_dir(m.join("gone-dir")))
+    });
     p.both("ls recreated", |m| ls(&m.join("gone-dir")));
-    p.both("file over whiteout", |m| res(fs::write(m.join("wh-me"), b"again")));
-    p.both("mkdir in merged", |m| res(fs::create_dir(m.join("a/newdir"))));
+    p.both("file over whiteout", |m| {
+        res(fs::write(m.join("wh-me"), b"again"))
+    });
+    p.both("mkdir in merged", |m| {
+        res(fs::create_dir(m.join("a/newdir")))
+    });
     p.both("mkdir exists", |m| res(fs::create_dir(m.join("a"))));
     p.both("create exists", |m| {
-        res(fs::OpenOptions::new().write(true).create_new(true).open(m.join("a/x")))
+        res(fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(m.join("a/x")))
     });
     p.both("rm then mkdir", |m| {
         fs::remove_file(m.join("top")).unwrap();
@@ -181,14 +232,29 @@ fn create_over_whiteouts_and_in_merged_dirs() {
         fs::remove_dir(m.join("emptydir")).unwrap();
         res(fs::write(m.join("emptydir"), b"file now"))
     });
-    p.both("fifo", |m| mknod_res(&m.join("newfifo"), libc::S_IFIFO | 0o600, 0));
-    p.both("char 0/0 reserved", |m| mknod_res(&m.join("wh"), libc::S_IFCHR | 0o600, 0));
-    p.both("char 1/3", |m| mknod_res(&m.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3)));
-    p.both("symlink", |m| res(std::os::unix::fs::symlink("../target", m.join("a/newlink"))));
-    p.both("symlink exists", |m| res(std::os::unix::fs::symlink("t", m.join("sym"))));
+    p.both("fifo", |m| {
+        mknod_res(&m.join("newfifo"), libc::S_IFIFO | 0o600, 0)
+    });
+    p.both("char 0/0 reserved", |m| {
+        mknod_res(&m.join("wh"), libc::S_IFCHR | 0o600, 0)
+    });
+    p.both("char 1/3", |m| {
+        mknod_res(&m.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3))
+    });
+    p.both("symlink", |m| {
+        res(std::os::unix::fs::symlink("../target", m.join("a/newlink")))
+    });
+    p.both("symlink exists", |m| {
+        res(std::os::unix::fs::symlink("t", m.join("sym")))
+    });
     p.both("mode of new file", |m| {
         let f = m.join("modes");
-        fs::OpenOptions::new().write(true).create(true).mode_compat(0o751).open(&f).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_compat(0o751)
+            .open(&f)
+            .unwrap();
         fs::metadata(&f).unwrap().mode() & 0o7777
     });
     p.both("owner of new file", |m| {
@@ -215,12 +281,24 @@ impl ModeCompat for fs::OpenOptions {
 #[test]
 fn rename_files_and_dirs() {
     let p = Pair::new(K, O);
-    p.both("rename lower file same dir", |m| res(fs::rename(m.join("a/x"), m.join("a/x2"))));
-    p.both("rename lower file to root", |m| res(fs::rename(m.join("a/w"), m.join("w-moved"))));
-    p.both("rename over lower file", |m| res(fs::rename(m.join("top"), m.join("xat"))));
-    p.both("rename onto whiteout name", |m| res(fs::rename(m.join("ro"), m.join("wh-me"))));
-    p.both("rename missing", |m| res(fs::rename(m.join("nope"), m.join("nope2"))));
-    p.both("rename lower dir", |m| res(fs::rename(m.join("deep"), m.join("deep2"))));
+    p.both("rename lower file same dir", |m| {
+        res(fs::rename(m.join("a/x"), m.join("a/x2")))
+    });
+    p.both("rename lower file to root", |m| {
+        res(fs::rename(m.join("a/w"), m.join("w-moved")))
+    });
+    p.both("rename over lower file", |m| {
+        res(fs::rename(m.join("top"), m.join("xat")))
+    });
+    p.both("rename onto whiteout name", |m| {
+        res(fs::rename(m.join("ro"), m.join("wh-me")))
+    });
+    p.both("rename missing", |m| {
+        res(fs::rename(m.join("nope"), m.join("nope2")))
+    });
+    p.both("rename lower dir", |m| {
+        res(fs::rename(m.join("deep"), m.join("deep2")))
+    });
     p.both("rename upper dir", |m| {
         fs::create_dir_all(m.join("nd/inner")).unwrap();
         fs::write(m.join("nd/inner/f"), b"f").unwrap();
@@ -234,40 +312,77 @@ fn rename_files_and_dirs() {
         fs::create_dir(m.join("nd3")).unwrap();
         res(fs::rename(m.join("nd3"), m.join("owned")))
     });
-    p.both("rename file over dir", |m| res(fs::rename(m.join("owned"), m.join("emptyish"))));
+    p.both("rename file over dir", |m| {
+        res(fs::rename(m.join("owned"), m.join("emptyish")))
+    });
     p.both("rename upper dir over nonempty dir", |m| {
         fs::create_dir(m.join("nd4")).unwrap();
         res(fs::rename(m.join("nd4"), m.join("opq")))
     });
-    p.both("noreplace", |m| renameat2(&m.join("hard1"), &m.join("sym"), libc::RENAME_NOREPLACE));
-    p.both("noreplace free", |m| renameat2(&m.join("hard1"), &m.join("h1"), libc::RENAME_NOREPLACE));
+    p.both("noreplace", |m| {
+        renameat2(&m.join("hard1"), &m.join("sym"), libc::RENAME_NOREPLACE)
+    });
+    p.both("noreplace free", |m| {
+        renameat2(&m.join("hard1"), &m.join("h1"), libc::RENAME_NOREPLACE)
+    });
     p.both("exchange files", |m| {
         let r = renameat2(&m.join("h1"), &m.join("sym"), libc::RENAME_EXCHANGE);
         (r, read(&m.join("sym")), fs::read_link(m.join("h1")).ok())
     });
-    p.both("rename dir into itself", |m| res(fs::rename(m.join("a"), m.join("a/sub/a"))));
-    p.both("rename hard link onto its twin", |m| res(fs::rename(m.join("h1"), m.join("hard2"))));
+    p.both("rename dir into itself", |m| {
+        res(fs::rename(m.join("a"), m.join("a/sub/a")))
+    });
+    p.both("rename hard link onto its twin", |m| {
+        res(fs::rename(m.join("h1"), m.join("hard2")))
+    });
     finish(p);
 }
 
 #[test]
 fn links_and_metadata_changes() {
     let p = Pair::new(K, O);
-    p.both("link lower file", |m| res(fs::hard_link(m.join("top"), m.join("a/top-link"))));
-    p.both("nlink after link", |m| fs::metadata(m.join("top")).unwrap().nlink());
-    p.both("link onto whiteout name", |m| res(fs::hard_link(m.join("a/w"), m.join("wh-me"))));
-    p.both("link dir", |m| res(fs::hard_link(m.join("a"), m.join("a-link"))));
-    p.both("link exists", |m| res(fs::hard_link(m.join("top"), m.join("xat"))));
-    p.both("chmod lower", |m| res(fs::set_permissions(m.join("a/w"), fs::Permissions::from_mode(0o604))));
-    p.both("chmod lower dir", |m| res(fs::set_permissions(m.join("opq"), fs::Permissions::from_mode(0o700))));
-    p.both("chown lower", |m| res(std::os::unix::fs::lchown(m.join("sym"), Some(7), Some(8))));
-    p.both("chown fifo", |m| res(std::os::unix::fs::chown(m.join("fifo"), Some(9), None)));
+    p.both("link lower file", |m| {
+        res(fs::hard_link(m.join("top"), m.join("a/top-link")))
+    });
+    p.both("nlink after link", |m| {
+        fs::metadata(m.join("top")).unwrap().nlink()
+    });
+    p.both("link onto whiteout name", |m| {
+        res(fs::hard_link(m.join("a/w"), m.join("wh-me")))
+    });
+    p.both("link dir", |m| {
+        res(fs::hard_link(m.join("a"), m.join("a-link")))
+    });
+    p.both("link exists", |m| {
+        res(fs::hard_link(m.join("top"), m.join("xat")))
+    });
+    p.both("chmod lower", |m| {
+        res(fs::set_permissions(
+            m.join("a/w"),
+            fs::Permissions::from_mode(0o604),
+        ))
+    });
+    p.both("chmod lower dir", |m| {
+        res(fs::set_permissions(
+            m.join("opq"),
+            fs::Permissions::from_mode(0o700),
+        ))
+    });
+    p.both("chown lower", |m| {
+        res(std::os::unix::fs::lchown(m.join("sym"), Some(7), Some(8)))
+    });
+    p.both("chown fifo", |m| {
+        res(std::os::unix::fs::chown(m.join("fifo"), Some(9), None))
+    });
     p.both("utimes", |m| {
         set_mtime(&m.join("deep/1/2/3/file"), 12345);
         fs::metadata(m.join("deep/1/2/3/file")).unwrap().mtime()
     });
     p.both("truncate lower", |m| {
-        let f = fs::OpenOptions::new().write(true).open(m.join("sparse")).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("sparse"))
+            .unwrap();
         f.set_len(100).unwrap();
         fs::metadata(m.join("sparse")).unwrap().len()
     });
@@ -278,7 +393,11 @@ fn links_and_metadata_changes() {
     p.both("private xattr names", |m| {
         let g = get_xattr(&m.join("opq"), "trusted.overlay.opaque");
         set_xattr(&m.join("top"), "trusted.overlay.mine", b"1");
-        (g, get_xattr(&m.join("top"), "trusted.overlay.mine"), list_xattr(&m.join("top")))
+        (
+            g,
+            get_xattr(&m.join("top"), "trusted.overlay.mine"),
+            list_xattr(&m.join("top")),
+        )
     });
     p.both("removexattr", |m| {
         let path = c(&m.join("xat"));
@@ -321,14 +440,22 @@ fn readdir_offsets_are_stable_while_open() {
             }
             libc::seekdir(dir, pos);
             let e = libc::readdir(dir);
-            let after = if e.is_null() { None } else { Some(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_owned()) };
+            let after = if e.is_null() {
+                None
+            } else {
+                Some(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_owned())
+            };
             libc::rewinddir(dir);
             let mut n2 = 0;
             while !libc::readdir(dir).is_null() {
                 n2 += 1;
             }
             libc::closedir(dir);
-            (names.get(5).cloned() == after, names.len() == n2, names.len())
+            (
+                names.get(5).cloned() == after,
+                names.len() == n2,
+                names.len(),
+            )
         }
     });
     finish(p);

@@ -45,11 +45,21 @@ fn run(cfg: &Path, mnt: &Path) -> (u32, u32, Vec<String>) {
         .current_dir(mnt)
         .output()
         .expect("pjdfstest not found: run scripts/test, or `cargo install --locked pjdfstest --version 0.2.2`");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let summary = text.lines().find(|l| l.starts_with("Summary:")).unwrap_or_else(|| panic!("no summary:\n{text}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or_else(|| panic!("no summary:\n{text}"));
     let num = |key: &str| -> u32 {
         let i = summary.find(key).unwrap();
-        summary[..i].trim_end().rsplit([' ', ',']).next().unwrap().parse().unwrap()
+        summary[..i]
+            .trim_end()
+            .rsplit([' ', ','])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let failed: Vec<String> = text
         .lines()
@@ -82,20 +92,48 @@ fn pjdfstest_passes_at_least_as_many_as_kernel_overlay() {
     let (kl, ol) = (lower(&kb), lower(&ob));
 
     let kernel = {
-        let _k = KernelMount::new(&[kl], Some((&kb.join("u"), &kb.join("w"))), &kb.join("m"), "");
+        let _k = KernelMount::new(
+            &[kl],
+            Some((&kb.join("u"), &kb.join("w"))),
+            &kb.join("m"),
+            "",
+        );
         run(&cfg, &kb.join("m"))
     };
     let ovl = {
-        let mut o = OvlMount::layers(&[ol], Some((&ob.join("u"), &ob.join("w"))), &ob.join("m"), "");
+        let mut o = OvlMount::layers(
+            &[ol],
+            Some((&ob.join("u"), &ob.join("w"))),
+            &ob.join("m"),
+            "",
+        );
         let r = run(&cfg, &ob.join("m"));
         let st = o.stop();
-        assert!(st.map(|s| s.success()).unwrap_or(false), "ovlfuse exited with {st:?}");
+        assert!(
+            st.map(|s| s.success()).unwrap_or(false),
+            "ovlfuse exited with {st:?}"
+        );
         r
     };
     let only_ovl: Vec<&String> = ovl.2.iter().filter(|f| !kernel.2.contains(f)).collect();
-    println!("pjdfstest kernel overlay: {} passed, {} failed", kernel.0, kernel.1);
-    println!("pjdfstest ovlfuse:        {} passed, {} failed", ovl.0, ovl.1);
+    println!(
+        "pjdfstest kernel overlay: {} passed, {} failed",
+        kernel.0, kernel.1
+    );
+    println!(
+        "pjdfstest ovlfuse:        {} passed, {} failed",
+        ovl.0, ovl.1
+    );
     println!("failing only on ovlfuse: {only_ovl:?}");
-    assert!(kernel.0 >= 300, "kernel overlay passed only {}: the environment is off", kernel.0);
-    assert!(ovl.0 >= kernel.0, "ovlfuse passed {} < kernel {}; failing only on ovlfuse: {only_ovl:?}", ovl.0, kernel.0);
+    assert!(
+        kernel.0 >= 300,
+        "kernel overlay passed only {}: the environment is off",
+        kernel.0
+    );
+    assert!(
+        ovl.0 >= kernel.0,
+        "ovlfuse passed {} < kernel {}; failing only on ovlfuse: {only_ovl:?}",
+        ovl.0,
+        kernel.0
+    );
 }

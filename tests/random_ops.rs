@@ -14,9 +14,36 @@ use common::*;
 /// (The fixture's lower hard links are left out: with index=off the kernel
 /// splits them on copy-up; tests/compare.rs covers them with index=on.)
 const NAMES: &[&str] = &[
-    "a", "a/x", "a/y", "a/w", "a/sub", "a/sub/z", "top", "deep", "deep/1", "deep/1/2/3/file", "opq", "opq/visible",
-    "opq/hidden", "emptydir", "gone-dir", "wh-me", "sym", "fifo", "xat", "owned", "ro", "n1", "n2", "a/n3",
-    "emptydir/n4", "gone-dir/n5", "opq/n6", "deep/1/n7", "n8", "a/sub/n9",
+    "a",
+    "a/x",
+    "a/y",
+    "a/w",
+    "a/sub",
+    "a/sub/z",
+    "top",
+    "deep",
+    "deep/1",
+    "deep/1/2/3/file",
+    "opq",
+    "opq/visible",
+    "opq/hidden",
+    "emptydir",
+    "gone-dir",
+    "wh-me",
+    "sym",
+    "fifo",
+    "xat",
+    "owned",
+    "ro",
+    "n1",
+    "n2",
+    "a/n3",
+    "emptydir/n4",
+    "gone-dir/n5",
+    "opq/n6",
+    "deep/1/n7",
+    "n8",
+    "a/sub/n9",
 ];
 
 struct Rng(u64);
@@ -85,10 +112,21 @@ fn run(op: &Op, m: &Path) -> String {
     use std::io::{Read, Write};
     let p = |n: &str| m.join(n);
     match op {
-        Op::Write(n, b) => res(open(&p(n), fs::OpenOptions::new().write(true).create(true).truncate(true))
-            .and_then(|mut f| f.write_all(&[*b; 3]))),
-        Op::Append(n, b) => res(open(&p(n), fs::OpenOptions::new().append(true)).and_then(|mut f| f.write_all(&[*b]))),
-        Op::Truncate(n, l) => res(open(&p(n), fs::OpenOptions::new().write(true)).and_then(|f| f.set_len(*l))),
+        Op::Write(n, b) => res(open(
+            &p(n),
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .and_then(|mut f| f.write_all(&[*b; 3]))),
+        Op::Append(n, b) => {
+            res(open(&p(n), fs::OpenOptions::new().append(true))
+                .and_then(|mut f| f.write_all(&[*b])))
+        }
+        Op::Truncate(n, l) => {
+            res(open(&p(n), fs::OpenOptions::new().write(true)).and_then(|f| f.set_len(*l)))
+        }
         Op::Unlink(n) => res(fs::remove_file(p(n))),
         Op::Mkdir(n) => res(fs::create_dir(p(n))),
         Op::Rmdir(n) => res(fs::remove_dir(p(n))),
@@ -99,22 +137,40 @@ fn run(op: &Op, m: &Path) -> String {
         Op::SetXattr(n, b) => {
             let c = std::ffi::CString::new(p(n).into_os_string().into_encoded_bytes()).unwrap();
             // SAFETY: valid C strings and buffer.
-            let r = unsafe { libc::lsetxattr(c.as_ptr(), c"user.r".as_ptr(), [*b].as_ptr().cast(), 1, 0) };
-            if r < 0 { format!("errno {}", errno()) } else { "ok".into() }
+            let r = unsafe {
+                libc::lsetxattr(c.as_ptr(), c"user.r".as_ptr(), [*b].as_ptr().cast(), 1, 0)
+            };
+            if r < 0 {
+                format!("errno {}", errno())
+            } else {
+                "ok".into()
+            }
         }
         Op::RemoveXattr(n) => {
             let c = std::ffi::CString::new(p(n).into_os_string().into_encoded_bytes()).unwrap();
             // SAFETY: valid C strings.
             let r = unsafe { libc::lremovexattr(c.as_ptr(), c"user.r".as_ptr()) };
-            if r < 0 { format!("errno {}", errno()) } else { "ok".into() }
+            if r < 0 {
+                format!("errno {}", errno())
+            } else {
+                "ok".into()
+            }
         }
         Op::Read(n) => {
             let mut v = Vec::new();
-            let r = open(&p(n), fs::OpenOptions::new().read(true)).and_then(|mut f| f.read_to_end(&mut v));
+            let r = open(&p(n), fs::OpenOptions::new().read(true))
+                .and_then(|mut f| f.read_to_end(&mut v));
             format!("{} {v:?}", res(r))
         }
         Op::Stat(n) => match fs::symlink_metadata(p(n)) {
-            Ok(md) => format!("{:o} {} {}:{} nlink={}", md.mode(), md.len(), md.uid(), md.gid(), md.nlink()),
+            Ok(md) => format!(
+                "{:o} {} {}:{} nlink={}",
+                md.mode(),
+                md.len(),
+                md.uid(),
+                md.gid(),
+                md.nlink()
+            ),
             Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(-1)),
         },
         Op::List(n) => format!("{:?}", ls(&p(n))),
@@ -127,7 +183,10 @@ fn random_sequences_match_kernel() {
         Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => (1..=6).collect(),
     };
-    let steps: usize = std::env::var("OVLFUSE_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let steps: usize = std::env::var("OVLFUSE_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     for seed in seeds {
         let mut p = Pair::new("redirect_dir=off,index=off", "redirect_dir=off,index=off");
         let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -138,7 +197,10 @@ fn random_sequences_match_kernel() {
             }
             let k = run(&op, &p.k_mnt);
             let o = run(&op, &p.o_mnt);
-            assert_eq!(o, k, "seed {seed} step {step}: {op:?}: ovlfuse (left) vs kernel (right)");
+            assert_eq!(
+                o, k,
+                "seed {seed} step {step}: {op:?}: ovlfuse (left) vs kernel (right)"
+            );
         }
         if let Ok(secs) = std::env::var("OVLFUSE_PAUSE") {
             eprintln!("pausing: {}", p.o_mnt.display());

@@ -47,7 +47,12 @@ impl Drop for Scratch {
 pub fn is_mounted(p: &Path) -> bool {
     let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|l| l.split(' ').nth(4).map(|m| Path::new(m) == want).unwrap_or(false))
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(|m| Path::new(m) == want)
+            .unwrap_or(false)
+    })
 }
 
 pub fn umount(p: &Path) {
@@ -73,7 +78,12 @@ pub struct KernelMount {
 }
 
 impl KernelMount {
-    pub fn new(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, mnt: &Path, extra: &str) -> KernelMount {
+    pub fn new(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        mnt: &Path,
+        extra: &str,
+    ) -> KernelMount {
         let mut o = format!("lowerdir={}", join_lowers(lowers));
         if let Some((u, w)) = upper {
             o += &format!(",upperdir={},workdir={}", u.display(), w.display());
@@ -82,9 +92,15 @@ impl KernelMount {
             o += ",";
             o += extra;
         }
-        let st = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(mnt).status().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &o])
+            .arg(mnt)
+            .status()
+            .unwrap();
         assert!(st.success(), "kernel overlay mount failed: {o}");
-        KernelMount { mnt: mnt.to_path_buf() }
+        KernelMount {
+            mnt: mnt.to_path_buf(),
+        }
     }
 }
 
@@ -95,7 +111,10 @@ impl Drop for KernelMount {
 }
 
 pub fn join_lowers(l: &[PathBuf]) -> String {
-    l.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+    l.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// ovlfuse running in the foreground as our child; unmounted and reaped on drop.
@@ -112,19 +131,30 @@ impl OvlMount {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn ovlfuse");
-        let mut m = OvlMount { mnt: mnt.to_path_buf(), child: Some(child) };
+        let mut m = OvlMount {
+            mnt: mnt.to_path_buf(),
+            child: Some(child),
+        };
         let t = Instant::now();
         while !is_mounted(mnt) {
             if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("ovlfuse exited before mounting: {st}");
             }
-            assert!(t.elapsed() < Duration::from_secs(20), "ovlfuse did not mount");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "ovlfuse did not mount"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         m
     }
 
-    pub fn layers(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, mnt: &Path, extra: &str) -> OvlMount {
+    pub fn layers(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        mnt: &Path,
+        extra: &str,
+    ) -> OvlMount {
         let mut o = format!("lowerdir={}", join_lowers(lowers));
         if let Some((u, w)) = upper {
             o += &format!(",upperdir={},workdir={}", u.display(), w.display());
@@ -222,9 +252,25 @@ pub fn errno() -> i32 {
 
 pub fn set_mtime(p: &Path, t: i64) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let ts = [libc::timespec { tv_sec: t, tv_nsec: 0 }, libc::timespec { tv_sec: t, tv_nsec: 0 }];
+    let ts = [
+        libc::timespec {
+            tv_sec: t,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: t,
+            tv_nsec: 0,
+        },
+    ];
     // SAFETY: valid pointers.
-    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
 }
 
 /// Sets every object below `root` to FIXED_MTIME, deepest first.
@@ -336,7 +382,12 @@ pub struct Pair {
 impl Pair {
     /// Kernel mounted with `k_opts`, ovlfuse with `o_opts` (extra options).
     pub fn new(k_opts: &str, o_opts: &str) -> Pair {
-        Self::with_lowers(k_opts, o_opts, |b| build_lowers(b, false), |b| build_lowers(b, false))
+        Self::with_lowers(
+            k_opts,
+            o_opts,
+            |b| build_lowers(b, false),
+            |b| build_lowers(b, false),
+        )
     }
 
     pub fn with_lowers(
@@ -375,16 +426,28 @@ impl Pair {
     pub fn mount(&mut self) {
         let k = self.scratch.0.join("k");
         let o = self.scratch.0.join("o");
-        self.kernel =
-            Some(KernelMount::new(&self.k_lowers, Some((&self.k_upper, &k.join("w"))), &self.k_mnt, &self.k_opts));
-        self.ovl = Some(OvlMount::layers(&self.o_lowers, Some((&self.o_upper, &o.join("w"))), &self.o_mnt, &self.o_opts));
+        self.kernel = Some(KernelMount::new(
+            &self.k_lowers,
+            Some((&self.k_upper, &k.join("w"))),
+            &self.k_mnt,
+            &self.k_opts,
+        ));
+        self.ovl = Some(OvlMount::layers(
+            &self.o_lowers,
+            Some((&self.o_upper, &o.join("w"))),
+            &self.o_mnt,
+            &self.o_opts,
+        ));
     }
 
     pub fn unmount(&mut self) {
         self.kernel = None;
         if let Some(mut o) = self.ovl.take() {
             let st = o.stop();
-            assert!(st.map(|s| s.success()).unwrap_or(false), "ovlfuse exited with {st:?}");
+            assert!(
+                st.map(|s| s.success()).unwrap_or(false),
+                "ovlfuse exited with {st:?}"
+            );
         }
     }
 
@@ -466,12 +529,16 @@ pub fn dump_upper(root: &Path) -> BTreeMap<String, String> {
 }
 
 fn dump(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, upper: bool) {
-    let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     for name in names {
         let p = dir.join(&name);
         let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: listed but lstat fails: {e}", p.display()));
+        let md = fs::symlink_metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: listed but lstat fails: {e}", p.display()));
         let m = md.mode();
         let mut d = format!("{} {:o} {}:{}", kind(m), m & 0o7777, md.uid(), md.gid());
         match m & libc::S_IFMT {
@@ -484,10 +551,11 @@ fn dump(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, upper: bool
             libc::S_IFCHR | libc::S_IFBLK => d += &format!(" rdev={}", md.rdev()),
             _ => {}
         }
-        if !upper || m & libc::S_IFMT != libc::S_IFCHR {
-            if !(upper && m & libc::S_IFMT == libc::S_IFDIR) {
-                d += &format!(" nlink={}", md.nlink());
-            }
+        // In the upper, whiteouts may share one inode and dir link counts
+        // follow whiteout subdirs: only the merged view's counts are compared.
+        let t = m & libc::S_IFMT;
+        if !upper || (t != libc::S_IFCHR && t != libc::S_IFDIR) {
+            d += &format!(" nlink={}", md.nlink());
         }
         if md.mtime() == FIXED_MTIME {
             d += " mtime=fixed";
@@ -495,21 +563,24 @@ fn dump(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, upper: bool
         let xs: Vec<String> = list_xattr(&p)
             .unwrap_or_default()
             .into_iter()
-            .filter(|n| !upper || !n.starts_with("trusted.overlay.") || n == "trusted.overlay.opaque")
-            .map(|n| format!("{n}={:?}", String::from_utf8_lossy(&get_xattr(&p, &n).unwrap_or_default())))
+            .filter(|n| {
+                !upper || !n.starts_with("trusted.overlay.") || n == "trusted.overlay.opaque"
+            })
+            .map(|n| {
+                format!(
+                    "{n}={:?}",
+                    String::from_utf8_lossy(&get_xattr(&p, &n).unwrap_or_default())
+                )
+            })
             .collect();
         if !xs.is_empty() {
             d += &format!(" xattrs[{}]", xs.join(","));
         }
         out.insert(rel, d);
-        if m & libc::S_IFMT == libc::S_IFDIR && !(upper && rel_is_work(&p)) {
+        if m & libc::S_IFMT == libc::S_IFDIR {
             dump(root, &p, out, upper);
         }
     }
-}
-
-fn rel_is_work(_p: &Path) -> bool {
-    false
 }
 
 /// Result of a syscall-ish op as a comparable string.
