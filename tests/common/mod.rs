@@ -84,14 +84,7 @@ impl KernelMount {
         mnt: &Path,
         extra: &str,
     ) -> KernelMount {
-        let mut o = format!("lowerdir={}", join_lowers(lowers));
-        if let Some((u, w)) = upper {
-            o += &format!(",upperdir={},workdir={}", u.display(), w.display());
-        }
-        if !extra.is_empty() {
-            o += ",";
-            o += extra;
-        }
+        let o = overlay_opts(lowers, upper, extra);
         let st = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &o])
             .arg(mnt)
@@ -108,6 +101,19 @@ impl Drop for KernelMount {
     fn drop(&mut self) {
         umount(&self.mnt);
     }
+}
+
+/// `lowerdir=..[,upperdir=..,workdir=..][,extra]`, the same for both mounts.
+pub fn overlay_opts(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, extra: &str) -> String {
+    let mut o = format!("lowerdir={}", join_lowers(lowers));
+    if let Some((u, w)) = upper {
+        o += &format!(",upperdir={},workdir={}", u.display(), w.display());
+    }
+    if !extra.is_empty() {
+        o += ",";
+        o += extra;
+    }
+    o
 }
 
 pub fn join_lowers(l: &[PathBuf]) -> String {
@@ -155,15 +161,7 @@ impl OvlMount {
         mnt: &Path,
         extra: &str,
     ) -> OvlMount {
-        let mut o = format!("lowerdir={}", join_lowers(lowers));
-        if let Some((u, w)) = upper {
-            o += &format!(",upperdir={},workdir={}", u.display(), w.display());
-        }
-        if !extra.is_empty() {
-            o += ",";
-            o += extra;
-        }
-        OvlMount::new(&o, mnt)
+        OvlMount::new(&overlay_opts(lowers, upper, extra), mnt)
     }
 
     pub fn pid(&self) -> u32 {
