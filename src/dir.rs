@@ -3,6 +3,7 @@
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::config::RedirectDir;
@@ -13,6 +14,18 @@ use crate::node::{Found, Node};
 use crate::ovl::clean_dir;
 use crate::sys::{self, Stat};
 use crate::{errno, Errno, OvlFs, Result};
+
+/// Whether `n` is `top` or lies below it.
+fn is_under(n: &Arc<Node>, top: &Arc<Node>) -> bool {
+    let mut cur = Some(n.clone());
+    while let Some(c) = cur {
+        if Arc::ptr_eq(&c, top) {
+            return true;
+        }
+        cur = c.parent();
+    }
+    false
+}
 
 /// The caller's ids: new objects belong to them.
 #[derive(Debug, Clone, Copy)]
@@ -177,6 +190,7 @@ impl OvlFs {
             kind: st.st_mode & libc::S_IFMT,
             upper: true,
             lowers: Vec::new(),
+            redirect: None,
         };
         let node = self.nodes.intern(parent, name, found, true);
         self.fix_stat(&node, &mut st, false);
@@ -215,6 +229,7 @@ impl OvlFs {
             kind: node.kind,
             upper: true,
             lowers,
+            redirect: None,
         };
         let n = self.nodes.intern(newparent, newname, found, true);
         self.fix_stat(&n, &mut st, false);
@@ -343,24 +358,35 @@ impl OvlFs {
             return errno(libc::ENOENT);
         }
         let src_dir = is_dir(&sst);
-        // A dir with lower content moves only with a redirect (not yet written).
-        let movable = |n: &Node| !n.is_dir() || n.state.read().lowers.is_empty();
-        if !movable(&src) {
+        // A dir with lower content moves only by a redirect to that content.
+        let lower_dir = |n: &Node| n.is_dir() && !n.state.read().lowers.is_empty();
+        let redirects = self.cfg.redirect_dir == RedirectDir::On;
+        if lower_dir(&src) && !redirects {
             return errno(libc::EXDEV);
         }
+        let src_redirect = match lower_dir(&src) {
+            true => self.redirect_for(&src, parent, name, newparent)?,
+            false => None,
+        };
+        let mut dst_redirect = None;
         if let Some((dnode, dst_st)) = &dst {
             if Arc::ptr_eq(dnode, &src) {
                 return Ok(());
             }
             if exchange {
-                if !movable(dnode) {
-                    return errno(libc::EXDEV);
+                if lower_dir(dnode) {
+                    if !redirects {
+                        return errno(libc::EXDEV);
+                    }
+                    dst_redirect = self.redirect_for(dnode, newparent, newname, parent)?;
                 }
             } else if is_dir(dst_st) {
                 if !src_dir {
                     return errno(libc::EISDIR);
                 }
-                if !self.merged_entries(dnode)?.is_empty() {
+                // A pure upper target is checked by the upper rename itself,
+                // after the source got its markers, as in the kernel.
+                if lower_dir(dnode) && !self.merged_entries(dnode)?.is_empty() {
                     return errno(libc::ENOTEMPTY);
                 }
             } else if src_dir {
@@ -377,12 +403,26 @@ impl OvlFs {
         let dpath = join(&self.path_of(newparent)?, newname);
         let (spfd, sname) = self.upper_parent(&spath)?;
         let (dpfd, dname) = self.upper_parent(&dpath)?;
+        let samedir = Arc::ptr_eq(parent, newparent);
+        if lower_dir(&src) {
+            self.set_redirect(
+                &src,
+                &spfd,
+                &sname,
+                src_redirect.as_deref(),
+                newparent,
+                samedir,
+            )?;
+        }
         if exchange {
             let (d, _) = dst.expect("checked");
-            if src_dir && Self::is_merged_dir(newparent) {
+            if lower_dir(&d) {
+                self.set_redirect(&d, &dpfd, &dname, dst_redirect.as_deref(), parent, samedir)?;
+            }
+            if src_dir && !lower_dir(&src) && Self::is_merged_dir(newparent) {
                 self.set_opaque(spfd.as_fd(), &sname)?;
             }
-            if d.is_dir() && Self::is_merged_dir(parent) {
+            if d.is_dir() && !lower_dir(&d) && Self::is_merged_dir(parent) {
                 self.set_opaque(dpfd.as_fd(), &dname)?;
             }
             sys::renameat2(
@@ -400,7 +440,7 @@ impl OvlFs {
         let dup = self.upper()?.try_stat(&dpath)?;
         // Like the kernel: a pure upper dir moving into a merged dir becomes
         // opaque, so lower entries of its new name can never show through.
-        if src_dir && Self::is_merged_dir(newparent) {
+        if src_dir && !lower_dir(&src) && Self::is_merged_dir(newparent) {
             self.set_opaque(spfd.as_fd(), &sname)?;
         }
         match dup {
@@ -417,7 +457,8 @@ impl OvlFs {
                 }
             }
             _ => {
-                if let Some(d) = &dup {
+                let dst_merged = dst.as_ref().is_some_and(|(d, _)| lower_dir(d));
+                if let Some(d) = dup.as_ref().filter(|_| dst_merged) {
                     if is_dir(d) {
                         // Merged-empty: it holds whiteouts only.
                         let fd = sys::open_beneath(
@@ -439,6 +480,87 @@ impl OvlFs {
             d.remove_alias(newparent, newname, is_dir(dst_st) || dst_st.st_nlink <= 1);
         }
         src.rename_alias(parent, name, newparent, newname);
+        Ok(())
+    }
+
+    /// The redirect a lower/merged dir needs when it moves from (parent, name)
+    /// to `newparent`, as the kernel writes it: the old name when it stays in
+    /// its dir, else the absolute path of its lower content. None: the one it
+    /// has still holds.
+    fn redirect_for(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        newparent: &Arc<Node>,
+    ) -> Result<Option<Vec<u8>>> {
+        let samedir = Arc::ptr_eq(parent, newparent);
+        if let Some(r) = &node.state.read().redirect {
+            if samedir || r.first() == Some(&b'/') {
+                return Ok(None);
+            }
+        }
+        let v = if samedir {
+            name.as_bytes().to_vec()
+        } else {
+            let mut parts: Vec<Vec<u8>> = Vec::new();
+            let mut cur = Some(node.clone());
+            while let Some(n) = cur.filter(|n| n.ino != crate::node::ROOT_INO) {
+                let st = n.state.read();
+                let (p, own) = st.aliases.first().ok_or(Errno(libc::ENOENT))?;
+                match st.redirect.as_deref() {
+                    Some(r) if r.first() == Some(&b'/') => {
+                        parts.push(r[1..].to_vec());
+                        break;
+                    }
+                    Some(r) => parts.push(r.to_vec()),
+                    None => parts.push(own.as_bytes().to_vec()),
+                }
+                cur = Some(p.clone());
+            }
+            let mut v = Vec::new();
+            for p in parts.iter().rev() {
+                v.push(b'/');
+                v.extend_from_slice(p);
+            }
+            v
+        };
+        // The kernel's redirect_max: longer ones fall back to a copy (EXDEV).
+        if v.len() > 256 {
+            return errno(libc::EXDEV);
+        }
+        Ok(Some(v))
+    }
+
+    /// Writes the redirect of a moving lower/merged dir and pins the lower
+    /// paths of everything below it, which no longer follow its merged path.
+    fn set_redirect(
+        &self,
+        node: &Arc<Node>,
+        pfd: &OwnedFd,
+        cname: &CStr,
+        value: Option<&[u8]>,
+        newparent: &Arc<Node>,
+        samedir: bool,
+    ) -> Result<()> {
+        if let Some(v) = value {
+            sys::setxattr(pfd.as_fd(), cname, &self.xn.redirect, v, 0)?;
+            node.state.write().redirect = Some(Arc::from(v));
+        }
+        if !samedir {
+            let np = self.path_of(newparent)?;
+            self.upper()?.setxattr(&np, &self.xn.impure, b"y", 0)?;
+        }
+        for n in self.nodes.all() {
+            if !is_under(&n, node) {
+                continue;
+            }
+            let Some(path) = n.path() else { continue };
+            let mut st = n.state.write();
+            for l in st.lowers.iter_mut().filter(|l| l.path.is_none()) {
+                l.path = Some(Arc::from(path.as_slice()));
+            }
+        }
         Ok(())
     }
 

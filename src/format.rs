@@ -138,6 +138,23 @@ pub fn opaque_value(v: &[u8]) -> Option<u8> {
     }
 }
 
+/// A redirect is a single name (same parent) or an absolute path from the
+/// root; no empty, "." or ".." components, no NUL.
+pub fn redirect_valid(v: &[u8]) -> bool {
+    let comps = |p: &[u8]| {
+        !p.is_empty()
+            && p.split(|&b| b == b'/')
+                .all(|c| !c.is_empty() && c != b"." && c != b"..")
+    };
+    if v.contains(&0) || v.len() > 4096 {
+        return false;
+    }
+    match v.strip_prefix(b"/") {
+        Some(abs) => comps(abs),
+        None => !v.contains(&b'/') && comps(v),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +169,18 @@ mod tests {
         assert_eq!(aufs_whiteout_target(OsStr::new(".wh.")), None);
         assert_eq!(aufs_whiteout_target(OsStr::new("foo")), None);
         assert_eq!(aufs_whiteout_name(OsStr::new("x")), OsString::from(".wh.x"));
+    }
+
+    #[test]
+    fn redirects() {
+        assert!(redirect_valid(b"d"));
+        assert!(redirect_valid(b"/a/b"));
+        assert!(!redirect_valid(b""));
+        assert!(!redirect_valid(b"/"));
+        assert!(!redirect_valid(b"a/b"));
+        assert!(!redirect_valid(b"/a//b"));
+        assert!(!redirect_valid(b"/a/../b"));
+        assert!(!redirect_valid(b".."));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! parent's layer stack, stopping at whiteouts, opaque dirs and non-dirs.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use crate::config::RedirectDir;
 use crate::format;
 use crate::layer::join;
 use crate::node::{Found, LowerRef, Node};
@@ -27,8 +29,21 @@ impl OvlFs {
 
         let mut top: Option<(Stat, usize)> = None;
         let mut upper = false;
+        let mut redirect = None;
         let mut lowers = Vec::new();
         let mut descend = true;
+        // Where to look in each lower: (layer, dir in that layer, name).
+        let mut cands: Vec<(u16, Vec<u8>, Vec<u8>)> = plowers
+            .iter()
+            .map(|l| {
+                let dir = l
+                    .path
+                    .as_ref()
+                    .map(|p| p.to_vec())
+                    .unwrap_or_else(|| ppath.clone());
+                (l.layer, dir, name.as_bytes().to_vec())
+            })
+            .collect();
         if parent.has_upper() {
             let u = self.upper()?;
             if let Some(st) = u.try_stat(&path)? {
@@ -36,53 +51,63 @@ impl OvlFs {
                     return Ok(None);
                 }
                 upper = true;
-                descend = is_dir(&st) && !self.is_opaque(u, &path, false)?;
                 top = Some((st, 0));
+                if is_dir(&st) {
+                    let m = self.dir_marks(u, &path, false)?;
+                    descend = !m.opaque;
+                    if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
+                        self.apply_redirect(&mut cands, 0, None, &r);
+                        redirect = Some(Arc::from(r.as_slice()));
+                    }
+                } else {
+                    descend = false;
+                }
             }
         }
-        if descend {
-            for l in &plowers {
-                let layer = &self.lowers[l.layer as usize];
-                let ldir = match &l.path {
-                    Some(p) => p.to_vec(),
-                    None => ppath.clone(),
-                };
-                let lpath = join(&ldir, name);
-                let Some(st) = layer.try_stat(&lpath)? else {
-                    // An AUFS whiteout hides the name in this layer and below.
-                    if format::is_aufs_name(name) {
-                        continue;
-                    }
-                    if layer
-                        .try_stat(&join(&ldir, &format::aufs_whiteout_name(name)))?
+        let mut i = 0;
+        while descend && i < cands.len() {
+            let (li, ldir, lname) = cands[i].clone();
+            i += 1;
+            let layer = &self.lowers[li as usize];
+            let lname = OsStr::from_bytes(&lname);
+            let lpath = join(&ldir, lname);
+            let Some(st) = layer.try_stat(&lpath)? else {
+                // An AUFS whiteout hides the name in this layer and below.
+                if !format::is_aufs_name(lname)
+                    && layer
+                        .try_stat(&join(&ldir, &format::aufs_whiteout_name(lname)))?
                         .is_some()
-                    {
+                {
+                    break;
+                }
+                continue;
+            };
+            if format::is_whiteout(&st) {
+                break;
+            }
+            let lref = LowerRef {
+                layer: li,
+                path: (lpath != path).then(|| Arc::from(lpath.as_slice())),
+            };
+            match &top {
+                None => {
+                    top = Some((st, layer.idx));
+                    lowers.push(lref);
+                    if !is_dir(&st) {
                         break;
                     }
-                    continue;
-                };
-                if format::is_whiteout(&st) {
-                    break;
                 }
-                let lref = LowerRef {
-                    layer: l.layer,
-                    path: l.path.as_ref().map(|_| Arc::from(lpath.as_slice())),
-                };
-                match &top {
-                    None => {
-                        top = Some((st, layer.idx));
-                        lowers.push(lref);
-                        if !is_dir(&st) {
-                            break;
-                        }
-                    }
-                    // Only dirs merge; a non-dir below a dir ends the stack.
-                    Some(_) if !is_dir(&st) => break,
-                    Some(_) => lowers.push(lref),
-                }
-                if self.is_opaque(layer, &lpath, true)? {
-                    break;
-                }
+                // Only dirs merge; a non-dir below a dir ends the stack.
+                Some(_) if !is_dir(&st) => break,
+                Some(_) => lowers.push(lref),
+            }
+            let m = self.dir_marks(layer, &lpath, true)?;
+            if m.opaque {
+                break;
+            }
+            // A lower layer that once was an upper may carry redirects too.
+            if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
+                self.apply_redirect(&mut cands, i, Some(li), &r);
             }
         }
         let Some((mut st, idx)) = top else {
@@ -108,9 +133,46 @@ impl OvlFs {
                 kind,
                 upper,
                 lowers,
+                redirect,
             },
             st,
         )))
+    }
+
+    /// Points the lookups still to do (`cands[from..]`) at a redirect: a
+    /// relative one renames the entry within each layer's dir, an absolute
+    /// one restarts from the root of every lower below `layer`.
+    fn apply_redirect(
+        &self,
+        cands: &mut Vec<(u16, Vec<u8>, Vec<u8>)>,
+        from: usize,
+        layer: Option<u16>,
+        r: &[u8],
+    ) {
+        if let Some(abs) = r.strip_prefix(b"/") {
+            let (dir, name) = crate::layer::split_parent(abs);
+            let dir = if dir == b"." {
+                Vec::new()
+            } else {
+                dir.to_vec()
+            };
+            cands.truncate(from);
+            let first = layer.map(|l| l as usize + 1).unwrap_or(0);
+            for (j, l) in self.lowers.iter().enumerate().skip(first) {
+                if l.data_only {
+                    break;
+                }
+                cands.push((j as u16, dir.clone(), name.as_bytes().to_vec()));
+            }
+        } else {
+            for c in cands.iter_mut().skip(from) {
+                c.2 = r.to_vec();
+            }
+        }
+    }
+
+    fn follow_redirects(&self) -> bool {
+        self.cfg.redirect_dir != RedirectDir::NoFollow
     }
 
     /// Looks up and interns the node; `count` adds a kernel lookup reference.

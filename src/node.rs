@@ -33,6 +33,8 @@ pub struct NodeState {
     pub lowers: Vec<LowerRef>,
     /// Removed through the mount: no name leads to it any more.
     pub dead: bool,
+    /// The upper dir's redirect xattr (where its lower content lives).
+    pub redirect: Option<Arc<[u8]>>,
 }
 
 #[derive(Debug)]
@@ -192,6 +194,7 @@ pub struct Found {
     pub kind: u32,
     pub upper: bool,
     pub lowers: Vec<LowerRef>,
+    pub redirect: Option<Arc<[u8]>>,
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +222,11 @@ impl NodeTable {
         self.get(ROOT_INO).expect("root node")
     }
 
+    /// Every node in the table (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -241,6 +249,7 @@ impl NodeTable {
                     aliases: vec![(parent.clone(), name.to_os_string())],
                     lowers: f.lowers.clone(),
                     dead: false,
+                    redirect: f.redirect.clone(),
                 },
             );
             n.nlookup.store(nlookup + count as u64, Ordering::Release);
@@ -257,6 +266,7 @@ impl NodeTable {
                     {
                         let mut st = old.state.write();
                         st.lowers = f.lowers;
+                        st.redirect = f.redirect;
                     }
                     old.add_alias(parent, name);
                     if count {

@@ -107,7 +107,7 @@ impl OvlFs {
             NodeState {
                 aliases: Vec::new(),
                 lowers: root_lowers,
-                dead: false,
+                ..Default::default()
             },
         );
         Ok(OvlFs {
@@ -186,8 +186,9 @@ impl OvlFs {
         self.cfg.fsync
     }
 
-    /// Whether the private opaque xattr (or a foreign marker) is set.
-    pub fn is_opaque(&self, layer: &Layer, path: &[u8], lower: bool) -> Result<bool> {
+    /// The opaque and redirect markers of a dir in one layer; one listxattr
+    /// when it has none. A lower dir may also be opaque by `.wh..wh..opq`.
+    pub fn dir_marks(&self, layer: &Layer, path: &[u8], lower: bool) -> Result<DirMarks> {
         let names = match layer.listxattr(path) {
             Ok(n) => n,
             Err(e)
@@ -200,25 +201,32 @@ impl OvlFs {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut m = DirMarks::default();
         for n in &names {
-            let want = n.as_encoded_bytes() == self.xn.opaque.as_bytes()
-                || n.as_encoded_bytes() == crate::format::FUSEOVL_OPAQUE.as_bytes();
-            if want {
+            let b = n.as_bytes();
+            if b == self.xn.opaque.as_bytes() || b == crate::format::FUSEOVL_OPAQUE.as_bytes() {
                 let c = sys::cstr(n)?;
-                if let Some(v) = layer.try_getxattr(path, &c)? {
-                    if v == b"y" {
-                        return Ok(true);
+                m.opaque |= layer.try_getxattr(path, &c)?.is_some_and(|v| v == b"y");
+            } else if b == self.xn.redirect.as_bytes() {
+                if let Some(v) = layer.try_getxattr(path, &self.xn.redirect)? {
+                    if !crate::format::redirect_valid(&v) {
+                        log::warn!(
+                            "{}: bad redirect xattr {:?} in {}",
+                            String::from_utf8_lossy(path),
+                            String::from_utf8_lossy(&v),
+                            layer.path.display()
+                        );
+                        return errno(libc::EIO);
                     }
+                    m.redirect = Some(v);
                 }
             }
         }
-        if lower {
+        if lower && !m.opaque {
             let marker = layer::join(path, OsStr::from_bytes(crate::format::WH_OPAQUE));
-            if layer.try_stat(&marker)?.is_some() {
-                return Ok(true);
-            }
+            m.opaque = layer.try_stat(&marker)?.is_some();
         }
-        Ok(false)
+        Ok(m)
     }
 
     /// Attributes the kernel cached for `ino` changed behind its back.
@@ -243,6 +251,13 @@ impl OvlFs {
             }
         }
     }
+}
+
+/// What marks a directory in a layer.
+#[derive(Debug, Default)]
+pub struct DirMarks {
+    pub opaque: bool,
+    pub redirect: Option<Vec<u8>>,
 }
 
 /// Creates `W/work` (and `W/index`) mode 000 like the kernel, and empties

@@ -179,6 +179,17 @@ fn run(op: &Op, m: &Path) -> String {
 
 #[test]
 fn random_sequences_match_kernel() {
+    sequences("redirect_dir=off,index=off");
+}
+
+/// The same with dir renames through redirects, checked after a remount and
+/// through the kernel reading the upper ovlfuse wrote.
+#[test]
+fn random_sequences_with_redirects_match_kernel() {
+    sequences("redirect_dir=on,index=off");
+}
+
+fn sequences(opts: &str) {
     let seeds: Vec<u64> = match std::env::var("OVLFUSE_SEEDS") {
         Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => (1..=6).collect(),
@@ -188,7 +199,7 @@ fn random_sequences_match_kernel() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     for seed in seeds {
-        let mut p = Pair::new("redirect_dir=off,index=off", "redirect_dir=off,index=off");
+        let mut p = Pair::new(opts, opts);
         let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         for step in 0..steps {
             let op = gen(&mut r);
@@ -197,10 +208,22 @@ fn random_sequences_match_kernel() {
             }
             let k = run(&op, &p.k_mnt);
             let o = run(&op, &p.o_mnt);
+            if std::env::var("OVLFUSE_TRACE").is_ok() {
+                eprintln!("  -> {k}");
+            }
             assert_eq!(
                 o, k,
                 "seed {seed} step {step}: {op:?}: ovlfuse (left) vs kernel (right)"
             );
+            // Debug aid: find the first step after which the uppers differ.
+            if std::env::var("OVLFUSE_UPPER_EACH").is_ok() {
+                let (ku, ou) = (dump_upper(&p.k_upper), dump_upper(&p.o_upper));
+                let diff: Vec<_> = ku.iter().filter(|(k, v)| ou.get(*k) != Some(*v)).collect();
+                assert!(
+                    diff.is_empty(),
+                    "seed {seed} step {step}: {op:?}: uppers differ: {diff:?}"
+                );
+            }
         }
         if let Ok(secs) = std::env::var("OVLFUSE_PAUSE") {
             eprintln!("pausing: {}", p.o_mnt.display());
@@ -209,5 +232,17 @@ fn random_sequences_match_kernel() {
         p.assert_same_tree();
         p.unmount();
         p.assert_same_upper();
+        p.mount();
+        p.assert_same_tree();
+        p.unmount();
+        p.kernel = None;
+        let w = p.scratch.0.join("k/w");
+        p.kernel = Some(KernelMount::new(
+            &p.k_lowers,
+            Some((&p.k_upper, &w)),
+            &p.k_mnt,
+            &p.k_opts,
+        ));
+        p.assert_kernel_reads_ovlfuse_upper();
     }
 }

@@ -457,6 +457,28 @@ impl Pair {
         o
     }
 
+    /// Mounts ovlfuse's layers (lowers + the upper it wrote) with the kernel
+    /// and checks the kernel shows what the kernel's own run shows.
+    pub fn assert_kernel_reads_ovlfuse_upper(&self) {
+        assert!(
+            self.ovl.is_none() && self.kernel.is_some(),
+            "unmount ovlfuse first"
+        );
+        let o = self.scratch.0.join("o");
+        let m = o.join("m-kernel");
+        let w = o.join("w-kernel");
+        fs::create_dir_all(&m).unwrap();
+        fs::create_dir_all(&w).unwrap();
+        let km = KernelMount::new(&self.o_lowers, Some((&self.o_upper, &w)), &m, &self.k_opts);
+        let seen = dump_tree(&km.mnt);
+        drop(km);
+        assert_maps_eq(
+            &seen,
+            &dump_tree(&self.k_mnt),
+            "kernel over ovlfuse's upper vs kernel's own",
+        );
+    }
+
     pub fn assert_same_tree(&self) {
         let k = dump_tree(&self.k_mnt);
         let o = dump_tree(&self.o_mnt);
@@ -562,7 +584,8 @@ fn dump(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, upper: bool
             .unwrap_or_default()
             .into_iter()
             .filter(|n| {
-                !upper || !n.starts_with("trusted.overlay.") || n == "trusted.overlay.opaque"
+                let kept = ["trusted.overlay.opaque", "trusted.overlay.redirect"];
+                !upper || !n.starts_with("trusted.overlay.") || kept.contains(&n.as_str())
             })
             .map(|n| {
                 format!(
