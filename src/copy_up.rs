@@ -2,7 +2,7 @@
 //! data, owner, mode, times and xattrs, sync it, then rename it into place,
 //! so a crash leaves either no copy or a whole one.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -92,7 +92,7 @@ impl OvlFs {
     /// Makes sure `node` (and every parent) exists in the upper layer.
     pub fn copy_up(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
         if node.has_upper() {
-            if !node.is_dir() && node.alias_count() > 1 {
+            if !node.is_dir() && (node.alias_count() > 1 || node.state.read().index.is_some()) {
                 self.link_up_alias(node)?;
             }
             return Ok(());
@@ -110,12 +110,62 @@ impl OvlFs {
         let (pfd, name) = self.upper_parent(&path)?;
         let pst = sys::fstatat(pfd.as_fd(), c".")?;
         let work = self.work()?;
+        let fh = self.lower_fh(lower, &lpath);
+        // Hard-linked lower files go through the index so that every name
+        // of the inode shares one upper inode (index=on).
+        let index = match (&fh, self.index_layer()) {
+            (Some(f), Some(ix)) if !node.is_dir() && st.st_nlink > 1 => Some((ix, f.index_name())),
+            _ => None,
+        };
+        if let Some((ix, iname)) = &index {
+            if ix.try_stat(iname.as_bytes())?.is_some() {
+                // Another name was copied up before: this one links to it.
+                sys::linkat(
+                    ix.fd(),
+                    &CString::new(iname.as_str()).expect("hex"),
+                    pfd.as_fd(),
+                    &name,
+                    0,
+                )?;
+                let ist = ix.stat(iname.as_bytes())?;
+                let n = self.indexed_nlink(ix, iname.as_bytes(), &ist, st.st_nlink);
+                node.state.write().index = Some(Arc::from(iname.as_str()));
+                node.set_upper();
+                self.store_nlink(node, n)?;
+                return Ok(());
+            }
+        }
         let tmp = self.tmp_name();
-        let res = self.build_copy(lower, &lpath, &st, work, &tmp, how);
-        let upper_ino = match res.and_then(|()| Ok(sys::fstatat(work.as_fd(), &tmp)?.st_ino)) {
+        let res = self
+            .build_copy(lower, &lpath, &st, work, &tmp, how)
+            .and_then(|()| {
+                if let Some(f) = &fh {
+                    sys::setxattr(work.as_fd(), &tmp, &self.xn.origin, &f.encode(), 0)?;
+                }
+                if let Some((ix, iname)) = &index {
+                    // After the link and the rename the upper inode has 2 links.
+                    let v = crate::format::format_nlink(st.st_nlink as i64 - 2);
+                    sys::setxattr(work.as_fd(), &tmp, &self.xn.nlink, &v, 0)?;
+                    sys::linkat(
+                        work.as_fd(),
+                        &tmp,
+                        ix.fd(),
+                        &CString::new(iname.as_str()).expect("hex"),
+                        0,
+                    )?;
+                }
+                Ok(sys::fstatat(work.as_fd(), &tmp)?.st_ino)
+            });
+        let drop_index = || {
+            if let Some((ix, iname)) = &index {
+                let _ = sys::unlinkat(ix.fd(), &CString::new(iname.as_str()).expect("hex"), 0);
+            }
+        };
+        let upper_ino = match res {
             Ok(ino) => ino,
             Err(e) => {
                 remove_tmp(work, &tmp);
+                drop_index();
                 return Err(e);
             }
         };
@@ -127,7 +177,13 @@ impl OvlFs {
             sys::RENAME_NOREPLACE,
         ) {
             remove_tmp(work, &tmp);
+            drop_index();
             return Err(e.into());
+        }
+        if let Some((_, iname)) = &index {
+            let mut s = node.state.write();
+            s.index = Some(Arc::from(iname.as_str()));
+            s.nlink = Some(st.st_nlink as u32);
         }
         // A copy-up is no change of the parent: keep its times as they were.
         let t = |s: i64, n: i64| (s, n);
@@ -140,6 +196,9 @@ impl OvlFs {
             ],
         );
         self.sync_dir(&pfd);
+        if fh.is_some() {
+            self.set_impure(crate::layer::split_parent(&path).0)?;
+        }
         self.copied.insert(upper_ino, node.ino);
         node.set_upper();
         if node.is_dir() {
@@ -167,6 +226,24 @@ impl OvlFs {
         let upper = self.upper()?;
         let path = self.path_of(node)?;
         if upper.try_stat(&path)?.is_some() {
+            return Ok(());
+        }
+        let iname = node.state.read().index.clone();
+        if let (Some(iname), Some(ix)) = (iname, self.index_layer()) {
+            self.copy_up(&node.parent().ok_or(Errno(libc::ENOENT))?, CopyUp::Data)?;
+            let (pfd, cname) = self.upper_parent(&path)?;
+            sys::linkat(
+                ix.fd(),
+                &CString::new(iname.as_bytes()).expect("hex"),
+                pfd.as_fd(),
+                &cname,
+                0,
+            )?;
+            // The upper inode gained a link, the merged view did not.
+            let n = node.state.read().nlink;
+            if let Some(n) = n {
+                self.store_nlink(node, n)?;
+            }
             return Ok(());
         }
         let others: Vec<(Arc<Node>, std::ffi::OsString)> =

@@ -191,6 +191,8 @@ impl OvlFs {
             upper: true,
             lowers: Vec::new(),
             redirect: None,
+            index: None,
+            nlink: None,
         };
         let node = self.nodes.intern(parent, name, found, true);
         self.fix_stat(&node, &mut st, false);
@@ -222,7 +224,6 @@ impl OvlFs {
         } else {
             sys::linkat(upper.fd(), &src, pfd.as_fd(), &cname, 0)?;
         }
-        let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
         let lowers = node.state.read().lowers.clone();
         let found = Found {
             ino: node.ino,
@@ -230,9 +231,15 @@ impl OvlFs {
             upper: true,
             lowers,
             redirect: None,
+            index: node.state.read().index.clone(),
+            nlink: None,
         };
         let n = self.nodes.intern(newparent, newname, found, true);
-        self.fix_stat(&n, &mut st, false);
+        let counted = n.state.read().nlink;
+        if let Some(c) = counted {
+            self.store_nlink(&n, c + 1)?;
+        }
+        let st = self.getattr(&n, None)?;
         Ok((n, st))
     }
 
@@ -274,6 +281,9 @@ impl OvlFs {
             return errno(libc::ENOTEMPTY);
         }
         self.copy_up(parent, CopyUp::Data)?;
+        if !want_dir {
+            self.index_before_drop(&node, parent, name, &st)?;
+        }
         let path = join(&self.path_of(parent)?, name);
         let (pfd, cname) = self.upper_parent(&path)?;
         let has_lower = !node.state.read().lowers.is_empty();
@@ -283,7 +293,8 @@ impl OvlFs {
             None
         };
         let in_upper = upper_st.is_some();
-        if in_upper && !want_dir && node.alias_count() > 1 {
+        let indexed = node.state.read().nlink;
+        if in_upper && !want_dir && node.alias_count() > 1 && indexed.is_none() {
             // Other names may still be lower-only: give one of them the upper
             // inode first, so the data survives this unlink.
             let others: Vec<_> = node
@@ -315,7 +326,26 @@ impl OvlFs {
         if let Some(ust) = upper_st {
             self.forget_upper_ino(&ust);
         }
+        if let Some(n) = indexed {
+            self.store_nlink(&node, n.saturating_sub(1))?;
+        }
         node.remove_alias(parent, name, want_dir || st.st_nlink <= 1);
+        Ok(())
+    }
+
+    /// Before one name of a hard-linked lower file goes away, copy it up into
+    /// the index (as the kernel's ovl_nlink_start), so the remaining names
+    /// find the upper inode that carries the lowered link count.
+    fn index_before_drop(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        st: &Stat,
+    ) -> Result<()> {
+        if self.index_layer().is_some() && !node.has_upper() && st.st_nlink > 1 {
+            self.copy_up_name(node, parent, name, CopyUp::Data)?;
+        }
         Ok(())
     }
 
@@ -396,8 +426,12 @@ impl OvlFs {
         self.copy_up(parent, CopyUp::Data)?;
         self.copy_up(newparent, CopyUp::Data)?;
         self.copy_up_name(&src, parent, name, CopyUp::Data)?;
-        if let (true, Some((d, _))) = (exchange, &dst) {
-            self.copy_up_name(d, newparent, newname, CopyUp::Data)?;
+        match &dst {
+            Some((d, _)) if exchange => self.copy_up_name(d, newparent, newname, CopyUp::Data)?,
+            Some((d, dst_st)) if !d.is_dir() => {
+                self.index_before_drop(d, newparent, newname, dst_st)?
+            }
+            _ => {}
         }
         let spath = join(&self.path_of(parent)?, name);
         let dpath = join(&self.path_of(newparent)?, newname);
@@ -477,6 +511,10 @@ impl OvlFs {
             self.forget_upper_ino(&ust);
         }
         if let Some((d, dst_st)) = &dst {
+            let counted = d.state.read().nlink;
+            if let Some(n) = counted {
+                self.store_nlink(d, n.saturating_sub(1))?;
+            }
             d.remove_alias(newparent, newname, is_dir(dst_st) || dst_st.st_nlink <= 1);
         }
         src.rename_alias(parent, name, newparent, newname);

@@ -138,6 +138,84 @@ pub fn opaque_value(v: &[u8]) -> Option<u8> {
     }
 }
 
+/// The kernel's `struct ovl_fb`: version 0, magic 0xfb, total length,
+/// flags, handle type, the filesystem uuid, then the handle bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHandle {
+    pub kind: u8,
+    pub uuid: [u8; 16],
+    pub bytes: Vec<u8>,
+}
+
+const FB_HEADER: usize = 21;
+/// Flags the kernel may set: big endian, any endian, path is in upper.
+const FB_FLAGS_KNOWN: u8 = 0x7;
+
+impl FileHandle {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(FB_HEADER + self.bytes.len());
+        let flags = if cfg!(target_endian = "big") { 1 } else { 0 };
+        v.extend_from_slice(&[
+            0,
+            0xfb,
+            (FB_HEADER + self.bytes.len()) as u8,
+            flags,
+            self.kind,
+        ]);
+        v.extend_from_slice(&self.uuid);
+        v.extend_from_slice(&self.bytes);
+        v
+    }
+
+    /// Checks and splits an `origin` value; None if it is not one.
+    pub fn decode(v: &[u8]) -> Option<FileHandle> {
+        if v.len() < FB_HEADER
+            || v.len() > 255
+            || v[0] != 0
+            || v[1] != 0xfb
+            || v[2] as usize != v.len()
+        {
+            return None;
+        }
+        if v[3] & !FB_FLAGS_KNOWN != 0 {
+            return None;
+        }
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&v[5..21]);
+        Some(FileHandle {
+            kind: v[4],
+            uuid,
+            bytes: v[21..].to_vec(),
+        })
+    }
+
+    /// Name of the entry in `W/index`: the encoded handle in hex.
+    pub fn index_name(&self) -> String {
+        self.encode().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The `nlink` xattr: "U+n"/"U-n" (relative to the upper inode's count) or
+/// "L+n"/"L-n" (relative to the lower's). Returns (relative to upper, delta).
+pub fn parse_nlink(v: &[u8]) -> Option<(bool, i64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (base, rest) = s.split_at_checked(1)?;
+    let upper = match base {
+        "U" => true,
+        "L" => false,
+        _ => return None,
+    };
+    if !rest.starts_with(['+', '-']) {
+        return None;
+    }
+    let n: i64 = rest.parse().ok()?;
+    (n.abs() < 1 << 31).then_some((upper, n))
+}
+
+pub fn format_nlink(delta: i64) -> Vec<u8> {
+    format!("U{delta:+}").into_bytes()
+}
+
 /// A redirect is a single name (same parent) or an absolute path from the
 /// root; no empty, "." or ".." components, no NUL.
 pub fn redirect_valid(v: &[u8]) -> bool {
@@ -169,6 +247,30 @@ mod tests {
         assert_eq!(aufs_whiteout_target(OsStr::new(".wh.")), None);
         assert_eq!(aufs_whiteout_target(OsStr::new("foo")), None);
         assert_eq!(aufs_whiteout_name(OsStr::new("x")), OsString::from(".wh.x"));
+    }
+
+    #[test]
+    fn file_handles_and_index_names() {
+        let fh = FileHandle {
+            kind: 1,
+            uuid: [0; 16],
+            bytes: vec![0x35, 0x62, 0x9a, 0, 0x80, 0x56, 0x0d, 0xd7],
+        };
+        let v = fh.encode();
+        assert_eq!(v[..5], [0, 0xfb, 0x1d, 0, 1]);
+        assert_eq!(FileHandle::decode(&v), Some(fh.clone()));
+        assert_eq!(
+            fh.index_name(),
+            "00fb1d00010000000000000000000000000000000035629a0080560dd7"
+        );
+        assert_eq!(FileHandle::decode(&v[..v.len() - 1]), None);
+        assert_eq!(FileHandle::decode(b"\x01\xfb"), None);
+        assert_eq!(parse_nlink(b"U+1"), Some((true, 1)));
+        assert_eq!(parse_nlink(b"L-2"), Some((false, -2)));
+        assert_eq!(parse_nlink(b"U1"), None);
+        assert_eq!(parse_nlink(b"X+1"), None);
+        assert_eq!(format_nlink(-1), b"U-1");
+        assert_eq!(format_nlink(0), b"U+0");
     }
 
     #[test]

@@ -66,6 +66,9 @@ impl OvlFs {
             Err(e) => self.stat_open(node, fh).ok_or(e)?,
         };
         self.fix_stat(node, &mut st, Self::is_merged_dir(node));
+        if let Some(n) = node.state.read().nlink {
+            st.st_nlink = n as _;
+        }
         Ok(st)
     }
 

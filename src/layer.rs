@@ -54,7 +54,13 @@ impl Layer {
     /// Opens a layer root once, following symlinks (`l/` links) at mount time only.
     pub fn open(path: &Path, idx: usize, data_only: bool) -> io::Result<Layer> {
         let c = sys::cstr(path.as_os_str())?;
-        let root = sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?;
+        // A readable fd, not O_PATH: open_by_handle_at needs one as mount fd.
+        let root = match sys::open_path(&c, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?
+            }
+            r => r?,
+        };
         let st = sys::fstat(root.as_fd())?;
         Ok(Layer {
             root,

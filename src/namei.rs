@@ -28,8 +28,11 @@ impl OvlFs {
         let plowers = parent.state.read().lowers.clone();
 
         let mut top: Option<(Stat, usize)> = None;
+        let mut top_lower_path: Vec<u8> = Vec::new();
         let mut upper = false;
         let mut redirect = None;
+        let mut origin: Option<Vec<u8>> = None;
+        let mut indexed = false;
         let mut lowers = Vec::new();
         let mut descend = true;
         // Where to look in each lower: (layer, dir in that layer, name).
@@ -55,12 +58,20 @@ impl OvlFs {
                 if is_dir(&st) {
                     let m = self.dir_marks(u, &path, false)?;
                     descend = !m.opaque;
+                    origin = m.origin;
                     if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
                         self.apply_redirect(&mut cands, 0, None, &r);
                         redirect = Some(Arc::from(r.as_slice()));
                     }
                 } else {
                     descend = false;
+                    let names = u.listxattr(&path).unwrap_or_default();
+                    let has =
+                        |c: &std::ffi::CStr| names.iter().any(|n| n.as_bytes() == c.to_bytes());
+                    if has(&self.xn.origin) {
+                        origin = u.try_getxattr(&path, &self.xn.origin)?;
+                    }
+                    indexed = self.index.is_some() && has(&self.xn.nlink);
                 }
             }
         }
@@ -92,6 +103,7 @@ impl OvlFs {
             match &top {
                 None => {
                     top = Some((st, layer.idx));
+                    top_lower_path = lpath.clone();
                     lowers.push(lref);
                     if !is_dir(&st) {
                         break;
@@ -117,15 +129,49 @@ impl OvlFs {
         if !upper && format::is_aufs_name(name) {
             return Ok(None);
         }
+        let mut index = None;
+        let mut nlink = None;
+        let fh = match (&origin, upper) {
+            (Some(v), true) if indexed || !self.copied.contains_key(&st.st_ino) => {
+                self.decode_origin(v, &path)
+            }
+            _ => None,
+        };
         let ino = if upper {
-            match self.copied.get(&st.st_ino) {
-                Some(i) => *i,
-                None => self.map_ino(0, &st),
+            if indexed {
+                if let Some(f) = &fh {
+                    index = Some(Arc::from(f.index_name().as_str()));
+                    nlink = Some(self.indexed_nlink(self.upper()?, &path, &st, st.st_nlink));
+                }
+            }
+            match self.copied.get(&st.st_ino).map(|i| *i) {
+                Some(i) => i,
+                None => match fh.as_ref().and_then(|f| self.origin_ino(f)) {
+                    Some(i) => {
+                        self.copied.insert(st.st_ino, i);
+                        i
+                    }
+                    None => self.map_ino(0, &st),
+                },
             }
         } else {
-            self.map_ino(idx, &st)
+            let ino = self.map_ino(idx, &st);
+            // Another name of a lower hard link whose inode was copied up
+            // through the index: the data and link count live there.
+            let layer = &self.lowers[lowers[0].layer as usize];
+            if let Some((name, ist)) = self.lookup_index(layer, &top_lower_path, &st)? {
+                let ix = self.index_layer().expect("index");
+                nlink = Some(self.indexed_nlink(ix, name.as_bytes(), &ist, st.st_nlink));
+                index = Some(Arc::from(name.as_str()));
+                upper = true;
+                st = ist;
+            }
+            ino
         };
         st.st_ino = ino;
+        if let Some(n) = nlink {
+            st.st_nlink = n as _;
+        }
         let kind = st.st_mode & libc::S_IFMT;
         Ok(Some((
             Found {
@@ -134,6 +180,8 @@ impl OvlFs {
                 upper,
                 lowers,
                 redirect,
+                index,
+                nlink,
             },
             st,
         )))

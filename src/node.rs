@@ -35,6 +35,11 @@ pub struct NodeState {
     pub dead: bool,
     /// The upper dir's redirect xattr (where its lower content lives).
     pub redirect: Option<Arc<[u8]>>,
+    /// Name in `W/index` of the upper inode shared by all names of a
+    /// copied-up hard-linked lower file.
+    pub index: Option<Arc<str>>,
+    /// The link count the merged view shows for an indexed inode.
+    pub nlink: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -195,6 +200,8 @@ pub struct Found {
     pub upper: bool,
     pub lowers: Vec<LowerRef>,
     pub redirect: Option<Arc<[u8]>>,
+    pub index: Option<Arc<str>>,
+    pub nlink: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +257,8 @@ impl NodeTable {
                     lowers: f.lowers.clone(),
                     dead: false,
                     redirect: f.redirect.clone(),
+                    index: f.index.clone(),
+                    nlink: f.nlink,
                 },
             );
             n.nlookup.store(nlookup + count as u64, Ordering::Release);
@@ -267,6 +276,12 @@ impl NodeTable {
                         let mut st = old.state.write();
                         st.lowers = f.lowers;
                         st.redirect = f.redirect;
+                        if f.index.is_some() {
+                            st.index = f.index;
+                        }
+                        if f.nlink.is_some() {
+                            st.nlink = f.nlink;
+                        }
                     }
                     old.add_alias(parent, name);
                     if count {

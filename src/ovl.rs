@@ -26,6 +26,8 @@ pub struct OvlFs {
     /// `W/work`: where copy-ups and whiteouts are built before they move in.
     pub work: Option<OwnedFd>,
     pub lowers: Vec<Layer>,
+    /// `W/index` (index=on).
+    pub index: Option<Layer>,
     pub xn: XattrNames,
     pub nodes: NodeTable,
     pub files: DashMap<u64, Arc<OpenFile>>,
@@ -60,6 +62,7 @@ impl OvlFs {
         }
         let mut upper = None;
         let mut work = None;
+        let mut index = None;
         if let (Some(u), Some(w)) = (&cfg.upper, &cfg.work) {
             let ul = Layer::open(u, 0, false).map_err(|e| io_err("upperdir", u, e))?;
             let wl = Layer::open(w, 0, false).map_err(|e| io_err("workdir", w, e))?;
@@ -67,6 +70,10 @@ impl OvlFs {
             if !cfg.userxattr && !trusted_xattrs_work(&wfd) {
                 info!("trusted.* xattrs cannot be written on the upper filesystem; using user.overlay.* (userxattr)");
                 cfg.userxattr = true;
+            }
+            if cfg.index {
+                let ip = w.join("index");
+                index = Some(Layer::open(&ip, 0, false).map_err(|e| io_err("workdir", &ip, e))?);
             }
             upper = Some(ul);
             work = Some(wfd);
@@ -115,6 +122,7 @@ impl OvlFs {
             upper,
             work,
             lowers,
+            index,
             xn,
             nodes: NodeTable::new(root),
             files: DashMap::new(),
@@ -161,6 +169,11 @@ impl OvlFs {
     /// The layer and path of the object that the merged view shows: the
     /// upper copy if any, else the top lower one.
     pub fn real(&self, node: &Node) -> Result<(&Layer, Vec<u8>)> {
+        if let Some(name) = node.state.read().index.clone() {
+            if let Some(ix) = self.index.as_ref() {
+                return Ok((ix, name.as_bytes().to_vec()));
+            }
+        }
         let path = self.path_of(node)?;
         if node.has_upper() {
             return Ok((self.upper()?, path));
@@ -207,6 +220,8 @@ impl OvlFs {
             if b == self.xn.opaque.as_bytes() || b == crate::format::FUSEOVL_OPAQUE.as_bytes() {
                 let c = sys::cstr(n)?;
                 m.opaque |= layer.try_getxattr(path, &c)?.is_some_and(|v| v == b"y");
+            } else if b == self.xn.origin.as_bytes() {
+                m.origin = layer.try_getxattr(path, &self.xn.origin)?;
             } else if b == self.xn.redirect.as_bytes() {
                 if let Some(v) = layer.try_getxattr(path, &self.xn.redirect)? {
                     if !crate::format::redirect_valid(&v) {
@@ -258,6 +273,7 @@ impl OvlFs {
 pub struct DirMarks {
     pub opaque: bool,
     pub redirect: Option<Vec<u8>>,
+    pub origin: Option<Vec<u8>>,
 }
 
 /// Creates `W/work` (and `W/index`) mode 000 like the kernel, and empties

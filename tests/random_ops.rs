@@ -46,7 +46,9 @@ const NAMES: &[&str] = &[
     "a/sub/n9",
 ];
 
-struct Rng(u64);
+const HARD: &[&str] = &["hard1", "hard2"];
+
+struct Rng(u64, bool);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -59,7 +61,14 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
     fn name(&mut self) -> &'static str {
-        NAMES[self.below(NAMES.len())]
+        // With index=on the fixture's lower hard links join in.
+        let hard = self.1 as usize * HARD.len();
+        let i = self.below(NAMES.len() + hard);
+        if i < NAMES.len() {
+            NAMES[i]
+        } else {
+            HARD[i - NAMES.len()]
+        }
     }
 }
 
@@ -189,7 +198,23 @@ fn random_sequences_with_redirects_match_kernel() {
     sequences("redirect_dir=on,index=off");
 }
 
+/// index=on: hard links of lower files (the fixture's hard1/hard2) too.
+#[test]
+fn random_sequences_with_index_match_kernel() {
+    sequences("redirect_dir=on,index=on");
+}
+
+/// Ten lowers, the fixture's objects spread over them.
+#[test]
+fn random_sequences_on_ten_lowers_match_kernel() {
+    sequences_on("redirect_dir=on,index=on", build_ten_lowers);
+}
+
 fn sequences(opts: &str) {
+    sequences_on(opts, |b| build_lowers(b, false))
+}
+
+fn sequences_on(opts: &str, build: fn(&Path) -> Vec<std::path::PathBuf>) {
     let seeds: Vec<u64> = match std::env::var("OVLFUSE_SEEDS") {
         Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => (1..=6).collect(),
@@ -199,17 +224,17 @@ fn sequences(opts: &str) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     for seed in seeds {
-        let mut p = Pair::new(opts, opts);
-        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut p = Pair::with_lowers(opts, opts, build, build);
+        let mut r = Rng(
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            opts.contains("index=on"),
+        );
         for step in 0..steps {
             let op = gen(&mut r);
-            if std::env::var("OVLFUSE_TRACE").is_ok() {
-                eprintln!("seed {seed} step {step}: {op:?}");
-            }
             let k = run(&op, &p.k_mnt);
             let o = run(&op, &p.o_mnt);
             if std::env::var("OVLFUSE_TRACE").is_ok() {
-                eprintln!("  -> {k}");
+                eprintln!("seed {seed} step {step}: {op:?} -> {k}");
             }
             assert_eq!(
                 o, k,

@@ -362,6 +362,32 @@ pub fn build_lowers(base: &Path, aufs: bool) -> Vec<PathBuf> {
     vec![l1, l2, l3]
 }
 
+/// The three-layer fixture spread over ten lowers: its top layer stays on
+/// top, its middle becomes layer 5 and its bottom layer 10, and the layers in
+/// between add entries to the merged dirs.
+pub fn build_ten_lowers(base: &Path) -> Vec<PathBuf> {
+    let three = build_lowers(&base.join("three"), false);
+    let ten: Vec<PathBuf> = (1..=10).map(|i| base.join(format!("l{i}"))).collect();
+    fs::rename(&three[0], &ten[0]).unwrap();
+    fs::rename(&three[1], &ten[4]).unwrap();
+    fs::rename(&three[2], &ten[9]).unwrap();
+    for (i, l) in ten.iter().enumerate() {
+        if [0, 4, 9].contains(&i) {
+            continue;
+        }
+        write(
+            &l.join(format!("a/from{}", i + 1)),
+            format!("layer {}\n", i + 1).as_bytes(),
+        );
+        write(&l.join(format!("deep/1/in{}", i + 1)), b"deep\n");
+        if i == 6 {
+            whiteout(&l.join("a/x"));
+        }
+        fix_times(l);
+    }
+    ten
+}
+
 /// Kernel and ovlfuse mounted over identical copies of the fixture.
 pub struct Pair {
     pub scratch: Scratch,
@@ -464,11 +490,11 @@ impl Pair {
             self.ovl.is_none() && self.kernel.is_some(),
             "unmount ovlfuse first"
         );
+        // The same workdir: W/index is part of what ovlfuse wrote.
         let o = self.scratch.0.join("o");
         let m = o.join("m-kernel");
-        let w = o.join("w-kernel");
+        let w = o.join("w");
         fs::create_dir_all(&m).unwrap();
-        fs::create_dir_all(&w).unwrap();
         let km = KernelMount::new(&self.o_lowers, Some((&self.o_upper, &w)), &m, &self.k_opts);
         let seen = dump_tree(&km.mnt);
         drop(km);
