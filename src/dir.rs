@@ -277,7 +277,7 @@ impl OvlFs {
             (true, false) => return errno(libc::ENOTDIR),
             _ => {}
         }
-        if want_dir && !self.merged_entries(&node)?.is_empty() {
+        if want_dir && !self.merged_empty(&node)? {
             return errno(libc::ENOTEMPTY);
         }
         self.copy_up(parent, CopyUp::Data)?;
@@ -416,7 +416,7 @@ impl OvlFs {
                 }
                 // A pure upper target is checked by the upper rename itself,
                 // after the source got its markers, as in the kernel.
-                if lower_dir(dnode) && !self.merged_entries(dnode)?.is_empty() {
+                if lower_dir(dnode) && !self.merged_empty(dnode)? {
                     return errno(libc::ENOTEMPTY);
                 }
             } else if src_dir {

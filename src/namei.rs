@@ -93,7 +93,7 @@ impl OvlFs {
                 }
                 continue;
             };
-            if format::is_whiteout(&st) {
+            if format::is_whiteout(&st) || self.is_xwhiteout(layer, &lpath, &st)? {
                 break;
             }
             let lref = LowerRef {
@@ -219,6 +219,20 @@ impl OvlFs {
         }
     }
 
+    /// A zero-size regular file with the `whiteout` xattr in a lower layer
+    /// (kernel 6.7+): a whiteout that can itself be escaped.
+    pub fn is_xwhiteout(
+        &self,
+        layer: &crate::layer::Layer,
+        path: &[u8],
+        st: &Stat,
+    ) -> Result<bool> {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 || layer.idx == 0 {
+            return Ok(false);
+        }
+        Ok(layer.try_getxattr(path, &self.xn.whiteout)?.is_some())
+    }
+
     fn follow_redirects(&self) -> bool {
         self.cfg.redirect_dir != RedirectDir::NoFollow
     }
@@ -259,8 +273,13 @@ impl OvlFs {
                 Some(p) => p.to_vec(),
                 None => ppath.clone(),
             };
-            match layer.try_stat(&join(&ldir, name))? {
-                Some(st) if format::is_whiteout(&st) => return Ok(false),
+            let lpath = join(&ldir, name);
+            match layer.try_stat(&lpath)? {
+                Some(st)
+                    if format::is_whiteout(&st) || self.is_xwhiteout(layer, &lpath, &st)? =>
+                {
+                    return Ok(false)
+                }
                 Some(_) => return Ok(true),
                 None => {
                     if layer

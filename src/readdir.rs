@@ -30,6 +30,16 @@ pub struct DirHandle {
 impl OvlFs {
     /// Every visible entry of a merged dir, without "." and "..".
     pub fn merged_entries(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        self.merged_listing(node, false)
+    }
+
+    /// Whether a dir is empty in the merged view, as rmdir and rename see
+    /// it: like the kernel, xattr whiteouts count as entries there.
+    pub fn merged_empty(&self, node: &Node) -> Result<bool> {
+        Ok(self.merged_listing(node, true)?.is_empty())
+    }
+
+    fn merged_listing(&self, node: &Node, keep_xwhiteouts: bool) -> Result<Vec<DirEntry>> {
         let path = self.path_of(node)?;
         let lowers = node.state.read().lowers.clone();
         let mut seen: HashSet<OsString> = HashSet::new();
@@ -59,6 +69,11 @@ impl OvlFs {
                 None => path.clone(),
             };
             let entries = layer.read_dir(&lpath)?;
+            // Only a dir marked opaque=x lists its xattr whiteouts as such.
+            let xdir = !keep_xwhiteouts
+                && layer
+                    .try_getxattr(&lpath, &self.xn.opaque)?
+                    .is_some_and(|v| v == b"x");
             let mut hidden = Vec::new();
             for (name, ino, mut dtype) in entries {
                 if format::is_aufs_name(&name) {
@@ -70,9 +85,13 @@ impl OvlFs {
                 if !seen.insert(name.clone()) {
                     continue;
                 }
-                if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
-                    let st = layer.stat(&join(&lpath, &name))?;
-                    if format::is_whiteout(&st) {
+                let xcheck = xdir && dtype == libc::DT_REG;
+                if xcheck || dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
+                    let cpath = join(&lpath, &name);
+                    let st = layer.stat(&cpath)?;
+                    if format::is_whiteout(&st)
+                        || (xdir && self.is_xwhiteout(layer, &cpath, &st)?)
+                    {
                         continue;
                     }
                     dtype = dtype_of(st.st_mode);
