@@ -51,6 +51,20 @@ impl OvlFs {
         None
     }
 
+    /// The overlay inode number from the origin of an upper entry, cached
+    /// like a lookup's; None when it has none.
+    pub fn origin_of_entry(&self, path: &[u8], upper_ino: u64) -> Option<u64> {
+        let v = self
+            .upper
+            .as_ref()?
+            .try_getxattr(path, &self.xn.origin)
+            .ok()
+            .flatten()?;
+        let ino = self.origin_ino(&self.decode_origin(&v, path)?)?;
+        self.copied.insert(upper_ino, ino);
+        Some(ino)
+    }
+
     /// Reads and checks an origin xattr value.
     pub fn decode_origin(&self, v: &[u8], what: &[u8]) -> Option<FileHandle> {
         let fh = FileHandle::decode(v);

@@ -46,6 +46,9 @@ impl OvlFs {
         let mut out = Vec::new();
         if node.has_upper() {
             let u = self.upper()?;
+            // Children of an impure dir may carry origins: their d_ino is
+            // the origin's, as st_ino is (the kernel does the same).
+            let impure = u.try_getxattr(&path, &self.xn.impure)?.is_some();
             for (name, ino, dtype) in u.read_dir(&path)? {
                 seen.insert(name.clone());
                 if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
@@ -54,11 +57,13 @@ impl OvlFs {
                         continue;
                     }
                 }
-                let ino = self
-                    .copied
-                    .get(&ino)
-                    .map(|i| *i)
-                    .unwrap_or_else(|| self.dir_ino(0, u.dev, ino));
+                let ino = match self.copied.get(&ino).map(|i| *i) {
+                    Some(i) => i,
+                    None if impure => self
+                        .origin_of_entry(&join(&path, &name), ino)
+                        .unwrap_or_else(|| self.dir_ino(0, u.dev, ino)),
+                    None => self.dir_ino(0, u.dev, ino),
+                };
                 out.push(DirEntry { name, ino, dtype });
             }
         }

@@ -505,3 +505,54 @@ fn xattr_whiteouts_in_lowers() {
     p.unmount();
     p.assert_same_upper();
 }
+
+/// userxattr: markers read and written as user.overlay.* (the kernel's
+/// userxattr mode, which implies redirect_dir and index off).
+#[test]
+fn userxattr_mode_reads_and_writes_user_overlay_xattrs() {
+    let build = |b: &Path| build_lowers_with(b, false, "user.overlay.");
+    let p = Pair::with_lowers(
+        "userxattr",
+        "userxattr,redirect_dir=off,index=off",
+        build,
+        build,
+    );
+    p.both("opaque dir", |m| ls(&m.join("opq")));
+    p.both("private names hidden", |m| list_xattr(&m.join("opq")));
+    p.both("mkdir over lower whiteout", |m| {
+        res(fs::create_dir(m.join("gone-dir")))
+    });
+    p.both("rm -r then mkdir (upper whiteout)", |m| {
+        fs::remove_dir_all(m.join("deep")).unwrap();
+        res(fs::create_dir(m.join("deep")))
+    });
+    p.both("rm lower file", |m| res(fs::remove_file(m.join("a/x"))));
+    p.both("copy-up", |m| res(append(&m.join("a/w"), b"+")));
+    p.both("set user.overlay.x", |m| {
+        set_xattr(&m.join("top"), "user.overlay.mine", b"1");
+        (
+            get_xattr(&m.join("top"), "user.overlay.mine"),
+            list_xattr(&m.join("top")),
+        )
+    });
+    let mut p = p;
+    p.assert_same_tree();
+    p.unmount();
+    for d in ["deep", "gone-dir"] {
+        let (o, k) = (p.o_upper.join(d), p.k_upper.join(d));
+        assert_eq!(
+            get_xattr(&o, "user.overlay.opaque"),
+            get_xattr(&k, "user.overlay.opaque"),
+            "{d}"
+        );
+        assert_eq!(get_xattr(&o, "trusted.overlay.opaque"), Err(libc::ENODATA));
+    }
+    assert_eq!(
+        get_xattr(&p.o_upper.join("deep"), "user.overlay.opaque"),
+        Ok(b"y".to_vec())
+    );
+    assert_eq!(
+        get_xattr(&p.o_upper.join("top"), "user.overlay.overlay.mine"),
+        get_xattr(&p.k_upper.join("top"), "user.overlay.overlay.mine")
+    );
+}

@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -172,4 +172,61 @@ fn st_ino_is_stable_with_2_lowers() {
 #[test]
 fn st_ino_is_stable_with_10_lowers() {
     ino_stays(10);
+}
+
+/// Layers on two filesystems (a tmpfs lower, an ext4 upper): st_ino carries
+/// the layer's filesystem in its high bits (xino), so numbers stay unique,
+/// readdir's d_ino equals st_ino, and copy-up and remount keep them.
+#[test]
+fn xino_composes_inode_numbers_across_filesystems() {
+    let shm = Scratch(PathBuf::from(format!(
+        "/dev/shm/ovlfuse-xino-{}",
+        std::process::id()
+    )));
+    let _ = fs::remove_dir_all(&shm.0);
+    let lower = shm.0.join("l");
+    write(&lower.join("a"), b"a\n");
+    write(&lower.join("d/b"), b"b\n");
+    write(&lower.join("d/c"), b"c\n");
+    let s = Scratch::new("xino");
+    for d in ["u", "w", "m"] {
+        fs::create_dir_all(s.0.join(d)).unwrap();
+    }
+    write(&s.0.join("u/d/up"), b"upper\n");
+    let (u, w, m) = (s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    let inos = |m: &Path| -> Vec<(String, u64, u64)> {
+        let mut v = Vec::new();
+        for dir in ["", "d"] {
+            for e in fs::read_dir(m.join(dir)).unwrap() {
+                let e = e.unwrap();
+                let name = format!("{dir}/{}", e.file_name().to_string_lossy());
+                let st = fs::symlink_metadata(e.path()).unwrap().ino();
+                v.push((name, e.ino(), st));
+            }
+        }
+        v.sort();
+        v
+    };
+    let mut g = OvlMount::layers(&[lower.clone()], Some((&u, &w)), &m, "xino=auto");
+    let before = inos(&m);
+    for (name, d_ino, st_ino) in &before {
+        assert_eq!(d_ino, st_ino, "{name}: d_ino != st_ino");
+    }
+    let mut all: Vec<u64> = before.iter().map(|x| x.2).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        before.len(),
+        "st_ino not unique across filesystems: {before:?}"
+    );
+    let lower_ino = fs::metadata(lower.join("d/b")).unwrap().ino();
+    let seen = fs::metadata(m.join("d/b")).unwrap().ino();
+    assert_ne!(seen, lower_ino, "a tmpfs inode must carry its layer bits");
+    assert_eq!(seen & ((1 << 32) - 1), lower_ino & ((1 << 32) - 1));
+    append(&m.join("d/b"), b"+\n").unwrap();
+    assert_eq!(inos(&m), before, "copy-up changed inode numbers");
+    g.stop();
+    let _g = OvlMount::layers(&[lower], Some((&u, &w)), &m, "xino=auto");
+    assert_eq!(inos(&m), before, "remount changed inode numbers");
 }

@@ -305,6 +305,12 @@ pub fn write(p: &Path, data: &[u8]) {
 /// whiteouts and an opaque dir; `aufs` writes `.wh.` markers instead of the
 /// kernel's char 0/0 and opaque xattr.
 pub fn build_lowers(base: &Path, aufs: bool) -> Vec<PathBuf> {
+    build_lowers_with(base, aufs, "trusted.overlay.")
+}
+
+/// The fixture with its private xattrs under `prefix` (user.overlay. for
+/// userxattr mounts).
+pub fn build_lowers_with(base: &Path, aufs: bool, prefix: &str) -> Vec<PathBuf> {
     let l1 = base.join("l1");
     let l2 = base.join("l2");
     let l3 = base.join("l3");
@@ -346,7 +352,7 @@ pub fn build_lowers(base: &Path, aufs: bool) -> Vec<PathBuf> {
         whiteout(&l2.join("a/y"));
         whiteout(&l2.join("wh-me"));
         whiteout(&l2.join("gone-dir"));
-        set_xattr(&l2.join("opq"), "trusted.overlay.opaque", b"y");
+        set_xattr(&l2.join("opq"), &format!("{prefix}opaque"), b"y");
     }
     // top
     write(&l1.join("top"), b"top file\n");
