@@ -376,6 +376,9 @@ impl Config {
             }
             _ => {}
         }
+        if self.metacopy && matches!(self.redirect_dir, RedirectDir::Off | RedirectDir::NoFollow) {
+            return err("metacopy=on needs redirect_dir=on or follow: drop one of the two options");
+        }
         let mnt = canonical_dir(cwd, mountpoint, "mountpoint")?;
         for l in &mut self.lowers {
             l.path = canonical_dir(cwd, &l.path, "lowerdir")?;

@@ -20,6 +20,9 @@ pub enum CopyUp {
     Data,
     /// The caller truncates to zero right after: skip the data.
     NoData,
+    /// Only metadata changes (chmod, chown, utimes, xattrs, rename, link):
+    /// with metacopy=on a regular file's data stays in the lower.
+    Meta,
 }
 
 const CHUNK: usize = 8 << 20;
@@ -95,6 +98,9 @@ impl OvlFs {
             if !node.is_dir() && (node.alias_count() > 1 || node.state.read().index.is_some()) {
                 self.link_up_alias(node)?;
             }
+            if how != CopyUp::Meta && node.state.read().metacopy {
+                self.copy_up_data(node, how)?;
+            }
             return Ok(());
         }
         self.upper()?;
@@ -135,12 +141,23 @@ impl OvlFs {
                 return Ok(());
             }
         }
+        let meta = how == CopyUp::Meta
+            && self.cfg.metacopy
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && index.is_none();
+        let how = match how {
+            CopyUp::Meta if !meta => CopyUp::Data,
+            h => h,
+        };
         let tmp = self.tmp_name();
         let res = self
-            .build_copy(lower, &lpath, &st, work, &tmp, how)
+            .build_copy(node, lower, &lpath, &st, work, &tmp, how)
             .and_then(|()| {
                 if let Some(f) = &fh {
                     sys::setxattr(work.as_fd(), &tmp, &self.xn.origin, &f.encode(), 0)?;
+                }
+                if meta {
+                    sys::setxattr(work.as_fd(), &tmp, &self.xn.metacopy, b"", 0)?;
                 }
                 if let Some((ix, iname)) = &index {
                     // After the link and the rename the upper inode has 2 links.
@@ -185,6 +202,17 @@ impl OvlFs {
             s.index = Some(Arc::from(iname.as_str()));
             s.nlink = Some(st.st_nlink as u32);
         }
+        if !meta {
+            // A lower metacopy file's data came up with it.
+            node.state.write().metacopy = false;
+        } else {
+            // The data stays where it is now, whatever the file's name becomes.
+            let mut s = node.state.write();
+            s.metacopy = true;
+            for l in s.lowers.iter_mut().filter(|l| l.path.is_none()) {
+                l.path = Some(Arc::from(path.as_slice()));
+            }
+        }
         // A copy-up is no change of the parent: keep its times as they were.
         let t = |s: i64, n: i64| (s, n);
         let _ = sys::utimensat(
@@ -205,6 +233,37 @@ impl OvlFs {
             // A dir that gains an upper becomes merged: its nlink shows as 1.
             self.invalidate_attr(node.ino);
         }
+        Ok(())
+    }
+
+    /// Brings the data of a metacopy file up into its upper inode, in place,
+    /// then drops the metacopy mark (as the kernel does).
+    fn copy_up_data(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
+        let _guard = node.copy_up_lock.lock();
+        if !node.state.read().metacopy {
+            return Ok(());
+        }
+        let path = self.path_of(node)?;
+        let upper = self.upper()?;
+        if how == CopyUp::Data {
+            let (lower, lpath) = self.real_data(node)?;
+            let src = lower.open_file(&lpath, libc::O_RDONLY, 0)?;
+            let size = sys::fstat(src.as_fd())?.st_size as u64;
+            let dst = upper.open_file(&path, libc::O_WRONLY, 0)?;
+            let before = sys::fstat(dst.as_fd())?;
+            copy_data(src.as_fd(), dst.as_fd(), size)?;
+            if self.fsync_enabled() {
+                sys::fsync(dst.as_fd(), false)?;
+            }
+            // Bringing the data up is no modification: keep the times.
+            let times = [
+                (before.st_atime, before.st_atime_nsec),
+                (before.st_mtime, before.st_mtime_nsec),
+            ];
+            sys::utimensat(upper.fd(), &crate::layer::to_c(&path)?, times)?;
+        }
+        upper.removexattr(&path, &self.xn.metacopy)?;
+        node.state.write().metacopy = false;
         Ok(())
     }
 
@@ -267,8 +326,10 @@ impl OvlFs {
         errno(libc::EIO)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build_copy(
         &self,
+        node: &Node,
         lower: &Layer,
         lpath: &[u8],
         st: &Stat,
@@ -283,9 +344,16 @@ impl OvlFs {
             libc::S_IFREG => {
                 let dst =
                     sys::openat(w, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
-                if how == CopyUp::Data && st.st_size > 0 {
-                    let src = lower.open_file(lpath, libc::O_RDONLY, 0)?;
-                    copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                match how {
+                    CopyUp::Data if st.st_size > 0 => {
+                        // A lower metacopy file's data is further down.
+                        let (dl, dp) = self.real_data(node)?;
+                        let src = dl.open_file(&dp, libc::O_RDONLY, 0)?;
+                        copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    }
+                    // Metacopy: the size without the data (a hole).
+                    CopyUp::Meta => sys::ftruncate(dst.as_fd(), st.st_size as u64)?,
+                    _ => {}
                 }
                 if self.fsync_enabled() {
                     sys::fsync(dst.as_fd(), false)?;

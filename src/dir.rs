@@ -193,6 +193,7 @@ impl OvlFs {
             redirect: None,
             index: None,
             nlink: None,
+            metacopy: false,
         };
         let node = self.nodes.intern(parent, name, found, true);
         self.fix_stat(&node, &mut st, false);
@@ -209,7 +210,23 @@ impl OvlFs {
             return errno(libc::EPERM);
         }
         let (path, over_whiteout) = self.prepare_create(newparent, newname)?;
-        self.copy_up(node, CopyUp::Data)?;
+        self.copy_up(node, CopyUp::Meta)?;
+        if node.state.read().metacopy {
+            // Every name of a metacopy file must find its data: an absolute
+            // redirect on the inode, as the kernel's ovl_set_link_redirect.
+            let (sp, sn) = node
+                .state
+                .read()
+                .aliases
+                .first()
+                .cloned()
+                .ok_or(Errno(libc::ENOENT))?;
+            if let Some(v) = self.redirect_for_abs(node, &sp, &sn, newparent, true)? {
+                let (spfd, sname) = self.upper_parent(&self.path_of(node)?)?;
+                sys::setxattr(spfd.as_fd(), &sname, &self.xn.redirect, &v, 0)?;
+                node.state.write().redirect = Some(Arc::from(v.as_slice()));
+            }
+        }
         let upper = self.upper()?;
         let src = to_c(&self.path_of(node)?)?;
         let (pfd, cname) = self.upper_parent(&path)?;
@@ -233,6 +250,7 @@ impl OvlFs {
             redirect: None,
             index: node.state.read().index.clone(),
             nlink: None,
+            metacopy: node.state.read().metacopy,
         };
         let n = self.nodes.intern(newparent, newname, found, true);
         let counted = n.state.read().nlink;
@@ -286,7 +304,14 @@ impl OvlFs {
         }
         let path = join(&self.path_of(parent)?, name);
         let (pfd, cname) = self.upper_parent(&path)?;
-        let has_lower = !node.state.read().lowers.is_empty();
+        // Found by this name in a lower (no redirect): a whiteout is needed;
+        // otherwise ask the parent's lowers about the name, as the kernel.
+        let has_lower = {
+            let s = node.state.read();
+            !s.lowers.is_empty()
+                && s.redirect.is_none()
+                && s.lowers.iter().all(|l| l.path.is_none())
+        };
         let upper_st = if node.has_upper() {
             self.upper()?.try_stat(&path)?
         } else {
@@ -306,7 +331,7 @@ impl OvlFs {
                 .cloned()
                 .collect();
             if let Some((op, on)) = others.first() {
-                self.copy_up_name(&node, op, on, CopyUp::Data)?;
+                self.copy_up_name(&node, op, on, CopyUp::Meta)?;
             }
         }
         if in_upper {
@@ -425,9 +450,9 @@ impl OvlFs {
         }
         self.copy_up(parent, CopyUp::Data)?;
         self.copy_up(newparent, CopyUp::Data)?;
-        self.copy_up_name(&src, parent, name, CopyUp::Data)?;
+        self.copy_up_name(&src, parent, name, CopyUp::Meta)?;
         match &dst {
-            Some((d, _)) if exchange => self.copy_up_name(d, newparent, newname, CopyUp::Data)?,
+            Some((d, _)) if exchange => self.copy_up_name(d, newparent, newname, CopyUp::Meta)?,
             Some((d, dst_st)) if !d.is_dir() => {
                 self.index_before_drop(d, newparent, newname, dst_st)?
             }
@@ -438,6 +463,19 @@ impl OvlFs {
         let (spfd, sname) = self.upper_parent(&spath)?;
         let (dpfd, dname) = self.upper_parent(&dpath)?;
         let samedir = Arc::ptr_eq(parent, newparent);
+        // A metacopy file moves like a lower dir: a redirect finds its data.
+        let metacopy = |n: &Node| n.state.read().metacopy;
+        let src_redirect = match metacopy(&src) {
+            true => self.redirect_for(&src, parent, name, newparent)?,
+            false => src_redirect,
+        };
+        if exchange {
+            let (d, _) = dst.as_ref().expect("checked");
+            if metacopy(d) {
+                dst_redirect = self.redirect_for(d, newparent, newname, parent)?;
+            }
+        }
+        let lower_dir = |n: &Node| lower_dir(n) || metacopy(n);
         if lower_dir(&src) {
             self.set_redirect(
                 &src,
@@ -532,7 +570,18 @@ impl OvlFs {
         name: &OsStr,
         newparent: &Arc<Node>,
     ) -> Result<Option<Vec<u8>>> {
-        let samedir = Arc::ptr_eq(parent, newparent);
+        self.redirect_for_abs(node, parent, name, newparent, false)
+    }
+
+    fn redirect_for_abs(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        newparent: &Arc<Node>,
+        abs: bool,
+    ) -> Result<Option<Vec<u8>>> {
+        let samedir = Arc::ptr_eq(parent, newparent) && !abs;
         if let Some(r) = &node.state.read().redirect {
             if samedir || r.first() == Some(&b'/') {
                 return Ok(None);

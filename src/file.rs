@@ -49,6 +49,11 @@ fn real_flags(flags: i32) -> i32 {
     flags & KEEP
 }
 
+/// Whether reads of this node go to the upper layer by now.
+fn data_in_upper(node: &Node) -> bool {
+    node.has_upper() && !node.state.read().metacopy
+}
+
 impl OvlFs {
     pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<u64> {
         if node.is_dir() {
@@ -62,8 +67,22 @@ impl OvlFs {
             }
             self.copy_up(node, if trunc { CopyUp::NoData } else { CopyUp::Data })?;
         }
-        let (layer, path) = self.real(node)?;
-        let fd = layer.open_file(&path, real_flags(flags), 0)?;
+        let (layer, path) = self.real_data(node)?;
+        if (write || trunc) && layer.idx != 0 {
+            // Never write into a lower layer, whatever went wrong before.
+            log::error!("refusing a write open outside the upper layer");
+            return errno(libc::EIO);
+        }
+        let fd = layer
+            .open_file(&path, real_flags(flags), 0)
+            .inspect_err(|e| {
+                log::debug!(
+                    "open {}: {} in {}: {e}",
+                    node.ino,
+                    String::from_utf8_lossy(&path),
+                    layer.path.display()
+                )
+            })?;
         Ok(self.add_file(node, fd, flags))
     }
 
@@ -73,7 +92,7 @@ impl OvlFs {
             node: node.clone(),
             fd: RwLock::new(Arc::new(fd)),
             flags: real_flags(flags) & !libc::O_TRUNC,
-            on_upper: AtomicBool::new(node.has_upper()),
+            on_upper: AtomicBool::new(data_in_upper(node)),
         };
         self.files.insert(fh, Arc::new(f));
         fh
@@ -106,7 +125,7 @@ impl OvlFs {
 
     /// The fd to use now: reopens on the upper copy once one exists.
     fn current_fd(&self, f: &OpenFile) -> Result<Arc<OwnedFd>> {
-        if !f.on_upper.load(Ordering::Acquire) && f.node.has_upper() {
+        if !f.on_upper.load(Ordering::Acquire) && data_in_upper(&f.node) {
             let path = self.path_of(&f.node)?;
             let fd = self.upper()?.open_file(&path, f.flags, 0)?;
             *f.fd.write() = Arc::new(fd);

@@ -66,8 +66,20 @@ impl OvlFs {
             Err(e) => self.stat_open(node, fh).ok_or(e)?,
         };
         self.fix_stat(node, &mut st, Self::is_merged_dir(node));
-        if let Some(n) = node.state.read().nlink {
+        let (nlink, metacopy) = {
+            let s = node.state.read();
+            (s.nlink, s.metacopy)
+        };
+        if let Some(n) = nlink {
             st.st_nlink = n as _;
+        }
+        if metacopy {
+            // The blocks are where the data is.
+            if let Ok((l, p)) = self.real_data(node) {
+                if let Ok(lst) = l.stat(&p) {
+                    st.st_blocks = lst.st_blocks;
+                }
+            }
         }
         Ok(st)
     }
@@ -90,15 +102,13 @@ impl OvlFs {
         if self.read_only() {
             return errno(libc::EROFS);
         }
-        let with_data = a.size != Some(0);
-        self.copy_up(
-            node,
-            if with_data {
-                CopyUp::Data
-            } else {
-                CopyUp::NoData
-            },
-        )?;
+        // Only a size change needs the data; everything else is metadata.
+        let how = match a.size {
+            Some(0) => CopyUp::NoData,
+            Some(_) => CopyUp::Data,
+            None => CopyUp::Meta,
+        };
+        self.copy_up(node, how)?;
         let upper = self.upper()?;
         let path = self.path_of(node)?;
         let cpath = to_c(&path)?;

@@ -33,6 +33,8 @@ impl OvlFs {
         let mut redirect = None;
         let mut origin: Option<Vec<u8>> = None;
         let mut indexed = false;
+        let mut metacopy = false;
+        let mut data_blocks = None;
         let mut lowers = Vec::new();
         let mut descend = true;
         // Where to look in each lower: (layer, dir in that layer, name).
@@ -60,7 +62,7 @@ impl OvlFs {
                     descend = !m.opaque;
                     origin = m.origin;
                     if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
-                        self.apply_redirect(&mut cands, 0, None, &r);
+                        self.apply_redirect(&mut cands, 0, None, &r, false);
                         redirect = Some(Arc::from(r.as_slice()));
                     }
                 } else {
@@ -72,6 +74,25 @@ impl OvlFs {
                         origin = u.try_getxattr(&path, &self.xn.origin)?;
                     }
                     indexed = self.index.is_some() && has(&self.xn.nlink);
+                    // A metacopy file: its data is further down, by name or
+                    // by its redirect (which may reach data-only layers).
+                    metacopy = st.st_mode & libc::S_IFMT == libc::S_IFREG && has(&self.xn.metacopy);
+                    if metacopy {
+                        descend = true;
+                        if has(&self.xn.redirect) {
+                            if let Some(r) = u.try_getxattr(&path, &self.xn.redirect)? {
+                                if !format::redirect_valid(&r) {
+                                    log::warn!(
+                                        "{}: bad redirect xattr",
+                                        String::from_utf8_lossy(&path)
+                                    );
+                                    return errno(libc::EIO);
+                                }
+                                self.apply_redirect(&mut cands, 0, None, &r, true);
+                                redirect = Some(Arc::from(r.as_slice()));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -100,14 +121,30 @@ impl OvlFs {
                 layer: li,
                 path: (lpath != path).then(|| Arc::from(lpath.as_slice())),
             };
+            let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
             match &top {
                 None => {
                     top = Some((st, layer.idx));
                     top_lower_path = lpath.clone();
                     lowers.push(lref);
+                    if is_reg && self.lower_metacopy(layer, &lpath, &mut cands, i)? {
+                        metacopy = true;
+                        continue;
+                    }
                     if !is_dir(&st) {
                         break;
                     }
+                }
+                Some(_) if metacopy => {
+                    if is_reg {
+                        lowers.push(lref);
+                        // A metacopy file further down: its data is lower still.
+                        if self.lower_metacopy(layer, &lpath, &mut cands, i)? {
+                            continue;
+                        }
+                        data_blocks = Some(st.st_blocks);
+                    }
+                    break;
                 }
                 // Only dirs merge; a non-dir below a dir ends the stack.
                 Some(_) if !is_dir(&st) => break,
@@ -119,7 +156,7 @@ impl OvlFs {
             }
             // A lower layer that once was an upper may carry redirects too.
             if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
-                self.apply_redirect(&mut cands, i, Some(li), &r);
+                self.apply_redirect(&mut cands, i, Some(li), &r, false);
             }
         }
         let Some((mut st, idx)) = top else {
@@ -128,6 +165,23 @@ impl OvlFs {
         // Lower names that spell AUFS markers never show.
         if !upper && format::is_aufs_name(name) {
             return Ok(None);
+        }
+        // A non-dir may have several names: "same path as my name" would be
+        // ambiguous, so its lower paths are always spelt out.
+        if !is_dir(&st) {
+            for l in lowers.iter_mut().filter(|l| l.path.is_none()) {
+                l.path = Some(Arc::from(path.as_slice()));
+            }
+        }
+        if metacopy && data_blocks.is_none() {
+            log::warn!(
+                "{}: metacopy file without lower data",
+                String::from_utf8_lossy(&path)
+            );
+            return errno(libc::EIO);
+        }
+        if let Some(b) = data_blocks {
+            st.st_blocks = b;
         }
         let mut index = None;
         let mut nlink = None;
@@ -182,6 +236,7 @@ impl OvlFs {
                 redirect,
                 index,
                 nlink,
+                metacopy,
             },
             st,
         )))
@@ -196,6 +251,7 @@ impl OvlFs {
         from: usize,
         layer: Option<u16>,
         r: &[u8],
+        data: bool,
     ) {
         if let Some(abs) = r.strip_prefix(b"/") {
             let (dir, name) = crate::layer::split_parent(abs);
@@ -207,7 +263,7 @@ impl OvlFs {
             cands.truncate(from);
             let first = layer.map(|l| l as usize + 1).unwrap_or(0);
             for (j, l) in self.lowers.iter().enumerate().skip(first) {
-                if l.data_only {
+                if l.data_only && !data {
                     break;
                 }
                 cands.push((j as u16, dir.clone(), name.as_bytes().to_vec()));
@@ -217,6 +273,33 @@ impl OvlFs {
                 c.2 = r.to_vec();
             }
         }
+    }
+
+    /// Whether a lower regular file is a metacopy (metacopy=on): if so, the
+    /// lookups still to do are pointed at its data (its redirect, if any).
+    fn lower_metacopy(
+        &self,
+        layer: &crate::layer::Layer,
+        path: &[u8],
+        cands: &mut Vec<(u16, Vec<u8>, Vec<u8>)>,
+        from: usize,
+    ) -> Result<bool> {
+        if !self.cfg.metacopy || layer.try_getxattr(path, &self.xn.metacopy)?.is_none() {
+            return Ok(false);
+        }
+        if let Some(r) = layer.try_getxattr(path, &self.xn.redirect)? {
+            if !format::redirect_valid(&r) {
+                log::warn!(
+                    "{}: bad redirect xattr in {}",
+                    String::from_utf8_lossy(path),
+                    layer.path.display()
+                );
+                return errno(libc::EIO);
+            }
+            let li = (layer.idx - 1) as u16;
+            self.apply_redirect(cands, from, Some(li), &r, true);
+        }
+        Ok(true)
     }
 
     /// A zero-size regular file with the `whiteout` xattr in a lower layer

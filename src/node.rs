@@ -40,6 +40,8 @@ pub struct NodeState {
     pub index: Option<Arc<str>>,
     /// The link count the merged view shows for an indexed inode.
     pub nlink: Option<u32>,
+    /// A metacopy upper file: its data is still in lowers[0].
+    pub metacopy: bool,
 }
 
 #[derive(Debug)]
@@ -202,6 +204,7 @@ pub struct Found {
     pub redirect: Option<Arc<[u8]>>,
     pub index: Option<Arc<str>>,
     pub nlink: Option<u32>,
+    pub metacopy: bool,
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +262,7 @@ impl NodeTable {
                     redirect: f.redirect.clone(),
                     index: f.index.clone(),
                     nlink: f.nlink,
+                    metacopy: f.metacopy,
                 },
             );
             n.nlookup.store(nlookup + count as u64, Ordering::Release);
@@ -276,6 +280,7 @@ impl NodeTable {
                         let mut st = old.state.write();
                         st.lowers = f.lowers;
                         st.redirect = f.redirect;
+                        st.metacopy = f.metacopy;
                         if f.index.is_some() {
                             st.index = f.index;
                         }

@@ -187,6 +187,20 @@ impl OvlFs {
         Ok((&self.lowers[l.layer as usize], lp))
     }
 
+    /// Where the file's data is: the lower for a metacopy file, else real().
+    pub fn real_data(&self, node: &Node) -> Result<(&Layer, Vec<u8>)> {
+        let st = node.state.read();
+        if st.metacopy {
+            // The last of the stack holds the data (metacopy files above it).
+            let l = st.lowers.last().ok_or(Errno(libc::EIO))?.clone();
+            drop(st);
+            let lp = node.lower_path(&l).ok_or(Errno(libc::ENOENT))?;
+            return Ok((&self.lowers[l.layer as usize], lp));
+        }
+        drop(st);
+        self.real(node)
+    }
+
     /// Opens the parent dir of `path` in the upper layer (O_PATH) and returns
     /// it with the final name.
     pub fn upper_parent(&self, path: &[u8]) -> Result<(OwnedFd, CString)> {

@@ -46,7 +46,7 @@ impl OvlFs {
         if self.cfg.noxattrs {
             return errno(libc::EOPNOTSUPP);
         }
-        self.copy_up(node, CopyUp::Data)?;
+        self.copy_up(node, CopyUp::Meta)?;
         let path = self.path_of(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
         Ok(self.upper()?.setxattr(&path, &stored, value, flags)?)
@@ -61,7 +61,7 @@ impl OvlFs {
         }
         // Nothing to remove: fail without copying up.
         self.getxattr(node, name)?;
-        self.copy_up(node, CopyUp::Data)?;
+        self.copy_up(node, CopyUp::Meta)?;
         let path = self.path_of(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
         Ok(self.upper()?.removexattr(&path, &stored)?)
