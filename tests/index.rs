@@ -207,7 +207,12 @@ fn xino_composes_inode_numbers_across_filesystems() {
         v.sort();
         v
     };
-    let mut g = OvlMount::layers(&[lower.clone()], Some((&u, &w)), &m, "xino=auto");
+    let mut g = OvlMount::layers(
+        std::slice::from_ref(&lower),
+        Some((&u, &w)),
+        &m,
+        "xino=auto",
+    );
     let before = inos(&m);
     for (name, d_ino, st_ino) in &before {
         assert_eq!(d_ino, st_ino, "{name}: d_ino != st_ino");
