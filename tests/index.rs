@@ -13,27 +13,20 @@ use common::*;
 
 const OPTS: &str = "redirect_dir=on,index=on";
 
-fn remount_and_cross_check(mut p: Pair) {
-    p.assert_same_tree();
-    p.unmount();
-    p.assert_same_upper();
-    p.mount();
-    p.assert_same_tree();
-    p.unmount();
-    p.kernel = None;
-    let w = p.scratch.0.join("k/w");
-    p.kernel = Some(KernelMount::new(
-        &p.k_lowers,
-        Some((&p.k_upper, &w)),
-        &p.k_mnt,
-        &p.k_opts,
-    ));
-    p.assert_kernel_reads_ovlfuse_upper();
+#[test]
+fn hard_link_append_shows_through_both_names_and_survives_remount() {
+    hard_link_append_shows_through_both_names_and_survives_remount_on(|b| build_lowers(b, false));
 }
 
 #[test]
-fn hard_link_append_shows_through_both_names_and_survives_remount() {
-    let p = Pair::new(OPTS, OPTS);
+fn hard_link_append_shows_through_both_names_and_survives_remount_ten_lowers() {
+    hard_link_append_shows_through_both_names_and_survives_remount_on(build_ten_lowers);
+}
+
+fn hard_link_append_shows_through_both_names_and_survives_remount_on(
+    build: fn(&Path) -> Vec<PathBuf>,
+) {
+    let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("append via hard1", |m| {
         append(&m.join("hard1"), b"appended\n").unwrap();
         (read(&m.join("hard1")), read(&m.join("hard2")))
@@ -45,12 +38,21 @@ fn hard_link_append_shows_through_both_names_and_survives_remount() {
         );
         (a.nlink(), b.nlink(), a.ino() == b.ino())
     });
-    remount_and_cross_check(p);
+    p.check_all();
 }
 
 #[test]
 fn hard_link_names_link_unlink_rename() {
-    let p = Pair::new(OPTS, OPTS);
+    hard_link_names_link_unlink_rename_on(|b| build_lowers(b, false));
+}
+
+#[test]
+fn hard_link_names_link_unlink_rename_ten_lowers() {
+    hard_link_names_link_unlink_rename_on(build_ten_lowers);
+}
+
+fn hard_link_names_link_unlink_rename_on(build: fn(&Path) -> Vec<PathBuf>) {
+    let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("write via hard2", |m| {
         res(fs::write(m.join("hard2"), b"new\n"))
     });
@@ -76,7 +78,7 @@ fn hard_link_names_link_unlink_rename() {
         append(&m.join("a/third"), b"+\n").unwrap();
         read(&m.join("deep/h2"))
     });
-    remount_and_cross_check(p);
+    p.check_all();
 }
 
 /// The untouched name of a copied-up hard link after a remount: found
@@ -106,7 +108,7 @@ fn untouched_name_finds_the_index_after_remount() {
             .unwrap();
         read(&m.join("hard1"))
     });
-    remount_and_cross_check(p);
+    p.check_all();
 }
 
 /// A lower file in the bottom of `n` layers keeps its st_ino (the lower

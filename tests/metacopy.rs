@@ -15,24 +15,6 @@ use common::*;
 
 const OPTS: &str = "metacopy=on,redirect_dir=on,index=off";
 
-fn check_all(mut p: Pair) {
-    p.assert_same_tree();
-    p.unmount();
-    p.assert_same_upper();
-    p.mount();
-    p.assert_same_tree();
-    p.unmount();
-    p.kernel = None;
-    let w = p.scratch.0.join("k/w");
-    p.kernel = Some(KernelMount::new(
-        &p.k_lowers,
-        Some((&p.k_upper, &w)),
-        &p.k_mnt,
-        &p.k_opts,
-    ));
-    p.assert_kernel_reads_ovlfuse_upper();
-}
-
 #[test]
 fn metadata_changes_copy_up_without_data() {
     let p = Pair::new(OPTS, OPTS);
@@ -91,7 +73,7 @@ fn metadata_changes_copy_up_without_data() {
             .unwrap();
         read(&m.join("a/top2"))
     });
-    check_all(p);
+    p.check_all();
 }
 
 /// `lowerdir=A::D`: D holds the data of A's metacopy files and is never

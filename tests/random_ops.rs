@@ -230,7 +230,7 @@ fn sequences_on(opts: &str, build: fn(&Path) -> Vec<std::path::PathBuf>) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     for seed in seeds {
-        let mut p = Pair::with_lowers(opts, opts, build, build);
+        let p = Pair::with_lowers(opts, opts, build, build);
         let mut r = Rng(
             seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             opts.contains("index=on"),
@@ -260,24 +260,6 @@ fn sequences_on(opts: &str, build: fn(&Path) -> Vec<std::path::PathBuf>) {
             eprintln!("pausing: {}", p.o_mnt.display());
             std::thread::sleep(std::time::Duration::from_secs(secs.parse().unwrap_or(30)));
         }
-        p.assert_same_tree();
-        p.unmount();
-        if opts.contains("index=on") {
-            p.assert_same_upper_but_index_names();
-        } else {
-            p.assert_same_upper();
-        }
-        p.mount();
-        p.assert_same_tree();
-        p.unmount();
-        p.kernel = None;
-        let w = p.scratch.0.join("k/w");
-        p.kernel = Some(KernelMount::new(
-            &p.k_lowers,
-            Some((&p.k_upper, &w)),
-            &p.k_mnt,
-            &p.k_opts,
-        ));
-        p.assert_kernel_reads_ovlfuse_upper();
+        p.check_all();
     }
 }

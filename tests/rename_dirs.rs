@@ -7,31 +7,24 @@
 mod common;
 
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
-const OPTS: &str = "redirect_dir=on,index=off";
-
-fn check_all(mut p: Pair) {
-    p.assert_same_tree();
-    p.unmount();
-    p.assert_same_upper();
-    p.mount();
-    p.assert_same_tree();
-    p.unmount();
-    p.kernel = None;
-    p.kernel = Some(KernelMount::new(
-        &p.k_lowers,
-        Some((&p.k_upper, &p.scratch.0.join("k/w"))),
-        &p.k_mnt,
-        &p.k_opts,
-    ));
-    p.assert_kernel_reads_ovlfuse_upper();
-}
+const OPTS: &str = "redirect_dir=on,index=on";
 
 #[test]
 fn rename_lower_dirs_same_and_other_parent() {
-    let p = Pair::new(OPTS, OPTS);
+    rename_lower_dirs_same_and_other_parent_on(|b| build_lowers(b, false));
+}
+
+#[test]
+fn rename_lower_dirs_same_and_other_parent_ten_lowers() {
+    rename_lower_dirs_same_and_other_parent_on(build_ten_lowers);
+}
+
+fn rename_lower_dirs_same_and_other_parent_on(build: fn(&Path) -> Vec<PathBuf>) {
+    let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("same parent", |m| {
         res(fs::rename(m.join("a"), m.join("a-renamed")))
     });
@@ -52,12 +45,21 @@ fn rename_lower_dirs_same_and_other_parent() {
         res(fs::remove_file(m.join("a-renamed/w")))
     });
     p.both("ls after", |m| ls(&m.join("a-renamed")));
-    check_all(p);
+    p.check_all();
 }
 
 #[test]
 fn rename_twice_and_parent_afterwards() {
-    let p = Pair::new(OPTS, OPTS);
+    rename_twice_and_parent_afterwards_on(|b| build_lowers(b, false));
+}
+
+#[test]
+fn rename_twice_and_parent_afterwards_ten_lowers() {
+    rename_twice_and_parent_afterwards_on(build_ten_lowers);
+}
+
+fn rename_twice_and_parent_afterwards_on(build: fn(&Path) -> Vec<PathBuf>) {
+    let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("sub -> sub2", |m| {
         res(fs::rename(m.join("a/sub"), m.join("a/sub2")))
     });
@@ -79,12 +81,21 @@ fn rename_twice_and_parent_afterwards() {
         res(fs::rename(m.join("sub3"), m.join("a/sub")))
     });
     p.both("read z again", |m| read(&m.join("a/sub/z")));
-    check_all(p);
+    p.check_all();
 }
 
 #[test]
 fn rename_lower_dir_over_empty_dir() {
-    let p = Pair::new(OPTS, OPTS);
+    rename_lower_dir_over_empty_dir_on(|b| build_lowers(b, false));
+}
+
+#[test]
+fn rename_lower_dir_over_empty_dir_ten_lowers() {
+    rename_lower_dir_over_empty_dir_on(build_ten_lowers);
+}
+
+fn rename_lower_dir_over_empty_dir_on(build: fn(&Path) -> Vec<PathBuf>) {
+    let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("over empty lower dir", |m| {
         res(fs::rename(m.join("a/sub"), m.join("emptydir")))
     });
@@ -100,7 +111,7 @@ fn rename_lower_dir_over_empty_dir() {
     p.both("rmdir moved", |m| {
         res(fs::remove_dir_all(m.join("emptydir")))
     });
-    check_all(p);
+    p.check_all();
 }
 
 #[test]

@@ -511,6 +511,64 @@ impl Pair {
         );
     }
 
+    /// Mounts the kernel's layers (lowers + the upper and workdir the kernel
+    /// wrote) with ovlfuse and checks it shows what ovlfuse's own run shows.
+    pub fn assert_ovlfuse_reads_kernel_upper(&self) {
+        assert!(
+            self.ovl.is_none() && self.kernel.is_none(),
+            "unmount both first"
+        );
+        let k = self.scratch.0.join("k");
+        let m = k.join("m-ovlfuse");
+        fs::create_dir_all(&m).unwrap();
+        let mut om = OvlMount::layers(
+            &self.k_lowers,
+            Some((&self.k_upper, &k.join("w"))),
+            &m,
+            &self.o_opts,
+        );
+        let seen = dump_tree(&om.mnt);
+        om.stop();
+        let mut own = OvlMount::layers(
+            &self.o_lowers,
+            Some((&self.o_upper, &self.scratch.0.join("o/w"))),
+            &self.o_mnt,
+            &self.o_opts,
+        );
+        let mine = dump_tree(&own.mnt);
+        own.stop();
+        assert_maps_eq(
+            &seen,
+            &mine,
+            "ovlfuse over the kernel's upper vs ovlfuse's own",
+        );
+    }
+
+    /// After the operations: same merged trees, same upper, the same again
+    /// after a remount, and each reads the other's upper.
+    pub fn check_all(mut self) {
+        self.assert_same_tree();
+        self.unmount();
+        if self.o_opts.contains("index=on") {
+            self.assert_same_upper_but_index_names();
+        } else {
+            self.assert_same_upper();
+        }
+        self.mount();
+        self.assert_same_tree();
+        self.unmount();
+        let w = self.scratch.0.join("k/w");
+        self.kernel = Some(KernelMount::new(
+            &self.k_lowers,
+            Some((&self.k_upper, &w)),
+            &self.k_mnt,
+            &self.k_opts,
+        ));
+        self.assert_kernel_reads_ovlfuse_upper();
+        self.kernel = None;
+        self.assert_ovlfuse_reads_kernel_upper();
+    }
+
     pub fn assert_same_tree(&self) {
         self.assert_same_tree_except(&[]);
     }
@@ -610,6 +668,25 @@ pub fn dump_tree(root: &Path) -> BTreeMap<String, String> {
 pub fn dump_tree_skip(root: &Path, skip: &[&str]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     dump(root, root, &mut out, false, skip);
+    // Hard-link groups: each multiply linked file names its group's first path.
+    let mut groups: BTreeMap<u64, String> = BTreeMap::new();
+    for rel in out.keys() {
+        if let Ok(m) = fs::symlink_metadata(root.join(rel)) {
+            if !m.is_dir() && m.nlink() > 1 {
+                groups.entry(m.ino()).or_insert_with(|| rel.clone());
+            }
+        }
+    }
+    for (rel, d) in out.iter_mut() {
+        if let Ok(m) = fs::symlink_metadata(root.join(rel)) {
+            if let Some(first) = groups
+                .get(&m.ino())
+                .filter(|_| !m.is_dir() && m.nlink() > 1)
+            {
+                d.push_str(&format!(" linked-with={first}"));
+            }
+        }
+    }
     out
 }
 
