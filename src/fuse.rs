@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
@@ -139,14 +139,21 @@ impl Filesystem for OvlFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let want = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_EXPORT_SUPPORT;
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(want & config.capabilities());
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let p = tryr!(reply, self.node(parent));
-        self.reply_entry(reply, self.fs.lookup(&p, name, true));
+        match self.fs.lookup(&p, name, true) {
+            // Node id 0: the kernel caches the absence for the entry timeout.
+            Err(Errno(libc::ENOENT)) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
+            r => self.reply_entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -393,6 +400,56 @@ impl Filesystem for OvlFuse {
         reply.ok();
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = tryr!(reply, self.fs.readdir(fh.0, offset));
+        let dir = tryr!(reply, self.fs.dir_node(fh.0));
+        for (i, en) in entries.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            if en.name == "." || en.name == ".." {
+                // The kernel takes no reference for these two.
+                let Ok(st) = self.fs.getattr(&dir, None) else {
+                    continue;
+                };
+                let mut a = attr(&st);
+                a.ino = INodeNo(en.ino);
+                if reply.add(INodeNo(en.ino), off, &en.name, &self.ttl, &a, Generation(0)) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry added counts as a lookup; one that does not fit is
+            // given back.
+            let Ok((node, st)) = self.fs.lookup(&dir, &en.name, true) else {
+                // Listed but not found (an xattr whiteout outside an opaque=x
+                // dir): node id 0 lists the name without attributes.
+                if reply.add(
+                    INodeNo(en.ino),
+                    off,
+                    &en.name,
+                    &self.ttl,
+                    &negative_attr(),
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            };
+            let g = Generation(node.generation);
+            if reply.add(INodeNo(node.ino), off, &en.name, &self.ttl, &attr(&st), g) {
+                self.fs.nodes.forget(node.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -552,6 +609,27 @@ impl Filesystem for OvlFuse {
             self.fs.nodes.len(),
             self.fs.files.len()
         );
+    }
+}
+
+/// The attributes of a negative entry: only node id 0 matters.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
 

@@ -166,6 +166,16 @@ impl OvlFs {
         Ok(e)
     }
 
+    /// The dir an open dir handle reads.
+    pub fn dir_node(&self, fh: u64) -> Result<Arc<Node>> {
+        Ok(self
+            .dirs
+            .get(&fh)
+            .ok_or(crate::Errno(libc::EBADF))?
+            .node
+            .clone())
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.dirs.remove(&fh);
     }

@@ -484,8 +484,16 @@ fn xattr_whiteouts_in_lowers() {
         l
     };
     let p = Pair::with_lowers(K, O, build, build);
+    p.both("ls xd", |m| ls(&m.join("xd")));
+    // The kernel lists xe/f though it cannot look it up; with readdirplus
+    // ovlfuse cannot list a name without a node (fuser sends attr.ino as
+    // d_ino), so it leaves it out. Everything else matches.
+    let without_f = |m: &Path| {
+        ls(&m.join("xe")).map(|v| v.into_iter().filter(|n| n != "f").collect::<Vec<_>>())
+    };
+    p.both("ls xe but f", without_f);
+    assert_eq!(ls(&p.o_mnt.join("xe")).unwrap(), vec!["g", "h"]);
     for d in ["xd", "xe"] {
-        p.both(&format!("ls {d}"), |m| ls(&m.join(d)));
         for f in ["f", "g", "h"] {
             p.both(&format!("lstat {d}/{f}"), |m| {
                 fs::symlink_metadata(m.join(d).join(f))

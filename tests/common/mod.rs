@@ -708,7 +708,6 @@ fn dump(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, upper: bool
         let p = dir.join(&name);
         let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
         if skip.contains(&rel.as_str()) {
-            out.insert(rel, "listed, not found".into());
             continue;
         }
         let md = fs::symlink_metadata(&p)
