@@ -160,6 +160,19 @@ impl OvlFs {
         Ok(done as u32)
     }
 
+    /// The fd the kernel may do this file's I/O on directly (FUSE
+    /// passthrough): only where no copy-up can ever replace it, that is data
+    /// already in the upper layer, or any file of a read-only overlay.
+    pub fn passthrough_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
+        let f = self.file(fh).ok()?;
+        let stable = if self.read_only() {
+            !f.node.state.read().metacopy
+        } else {
+            f.on_upper.load(Ordering::Acquire)
+        };
+        stable.then(|| f.fd())
+    }
+
     pub fn release(&self, fh: u64) {
         self.files.remove(&fh);
     }

@@ -6,13 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashMap;
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use log::debug;
+use log::{debug, info};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dir::{Creds, NewObj};
 use crate::inode::SetAttr;
@@ -23,12 +26,31 @@ use crate::{Errno, OvlFs};
 pub struct OvlFuse {
     pub fs: Arc<OvlFs>,
     ttl: Duration,
+    /// The kernel does passthrough I/O and lets us register backing files.
+    passthrough: AtomicBool,
+    /// How each open inode does its I/O: the kernel wants every open of an
+    /// inode either cached or passthrough, with one backing id.
+    io: DashMap<u64, InodeIo>,
+    /// Open file handle -> inode, for the ones that use passthrough.
+    pt_handles: DashMap<u64, u64>,
+}
+
+#[derive(Default)]
+struct InodeIo {
+    cached: usize,
+    backing: Option<(Arc<BackingId>, usize)>,
 }
 
 impl OvlFuse {
     pub fn new(fs: Arc<OvlFs>) -> OvlFuse {
         let ttl = Duration::from_secs_f64(fs.cfg.timeout);
-        OvlFuse { fs, ttl }
+        OvlFuse {
+            fs,
+            ttl,
+            passthrough: AtomicBool::new(false),
+            io: DashMap::new(),
+            pt_handles: DashMap::new(),
+        }
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
@@ -127,6 +149,65 @@ macro_rules! tryr {
 }
 
 impl OvlFuse {
+    /// Picks the I/O mode of a new open of `ino` and registers it. Returns
+    /// the backing id to answer with, or None for I/O through us.
+    fn start_io(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let fd = self
+            .passthrough
+            .load(Ordering::Relaxed)
+            .then(|| self.fs.passthrough_fd(fh))
+            .flatten();
+        let mut io = self.io.entry(ino).or_default();
+        let Some(fd) = fd.filter(|_| io.cached == 0) else {
+            io.cached += 1;
+            return None;
+        };
+        if let Some((b, n)) = io.backing.as_mut() {
+            *n += 1;
+            self.pt_handles.insert(fh, ino);
+            return Some(b.clone());
+        }
+        match register(&fd) {
+            Ok(b) => {
+                let b = Arc::new(b);
+                io.backing = Some((b.clone(), 1));
+                self.pt_handles.insert(fh, ino);
+                Some(b)
+            }
+            Err(e) => {
+                // Refused (no privilege, a stacked upper): keep going without.
+                if self.passthrough.swap(false, Ordering::Relaxed) {
+                    info!("FUSE passthrough refused ({e}): file I/O goes through ovlfuse");
+                }
+                io.cached += 1;
+                None
+            }
+        }
+    }
+
+    fn end_io(&self, ino: u64, fh: u64) {
+        let passthrough = self.pt_handles.remove(&fh).is_some();
+        if let Some(mut io) = self.io.get_mut(&ino) {
+            if passthrough {
+                if let Some((_, n)) = io.backing.as_mut() {
+                    *n -= 1;
+                    if *n == 0 {
+                        io.backing = None;
+                    }
+                }
+            } else {
+                io.cached = io.cached.saturating_sub(1);
+            }
+        }
+        self.io
+            .remove_if(&ino, |_, io| io.cached == 0 && io.backing.is_none());
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, r: Result<(Arc<Node>, Stat), Errno>) {
         match r {
             Ok((node, st)) => reply.entry(&self.ttl, &attr(&st), Generation(node.generation)),
@@ -144,6 +225,14 @@ impl Filesystem for OvlFuse {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(want & config.capabilities());
+        if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        } else {
+            info!("FUSE passthrough is not available: file I/O goes through ovlfuse");
+        }
         Ok(())
     }
 
@@ -301,7 +390,10 @@ impl Filesystem for OvlFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let n = tryr!(reply, self.node(ino));
         let fh = tryr!(reply, self.fs.open(&n, flags.0));
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        match self.start_io(n.ino, fh, |fd| reply.open_backing(fd)) {
+            Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+            None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        }
     }
 
     fn read(
@@ -349,13 +441,14 @@ impl Filesystem for OvlFuse {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.end_io(ino.0, fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -546,13 +639,24 @@ impl Filesystem for OvlFuse {
     ) {
         let p = tryr!(reply, self.node(parent));
         let (node, st, fh) = tryr!(reply, self.fs.create(&p, name, mode, flags, creds(req)));
-        reply.created(
-            &self.ttl,
-            &attr(&st),
-            Generation(node.generation),
-            FileHandle(fh),
-            FopenFlags::empty(),
-        );
+        let g = Generation(node.generation);
+        match self.start_io(node.ino, fh, |fd| reply.open_backing(fd)) {
+            Some(b) => reply.created_passthrough(
+                &self.ttl,
+                &attr(&st),
+                g,
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &b,
+            ),
+            None => reply.created(
+                &self.ttl,
+                &attr(&st),
+                g,
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+        }
     }
 
     fn fallocate(
