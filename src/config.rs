@@ -94,7 +94,7 @@ impl Default for Config {
             xattr_permissions: 0,
             static_nlink: false,
             noxattrs: false,
-            timeout: 1.0,
+            timeout: 86400.0,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
