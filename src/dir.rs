@@ -54,16 +54,20 @@ impl OvlFs {
         if self.read_only() {
             return errno(libc::EROFS);
         }
-        if self.lookup_found(parent, name)?.is_some() {
+        let parent_had_upper = parent.has_upper();
+        let mut over_whiteout = false;
+        if self
+            .lookup_found_ex(parent, name, &mut over_whiteout)?
+            .is_some()
+        {
             return errno(libc::EEXIST);
         }
         self.copy_up(parent, CopyUp::Data)?;
         let path = join(&self.path_of(parent)?, name);
-        let over_whiteout = match self.upper()?.try_stat(&path)? {
-            Some(st) if format::is_whiteout(&st) => true,
-            Some(_) => return errno(libc::EEXIST),
-            None => false,
-        };
+        if !parent_had_upper {
+            // A parent just copied up holds no whiteouts.
+            over_whiteout = false;
+        }
         Ok((path, over_whiteout))
     }
 
@@ -86,18 +90,23 @@ impl OvlFs {
 
     /// Gives a new object to the caller, keeping the set-id bits asked for.
     fn set_owner(dir: BorrowedFd, name: &CStr, obj: NewObj, c: Creds) -> Result<()> {
-        let st = sys::fstatat(dir, name)?;
-        let dir_sgid = sys::fstatat(dir, c".")?.st_mode & libc::S_ISGID != 0;
-        let gid = if dir_sgid { st.st_gid } else { c.gid };
-        if st.st_uid != c.uid || st.st_gid != gid {
-            sys::fchownat(dir, name, c.uid, gid)?;
+        let mut st = sys::fstatat(dir, name)?;
+        if st.st_uid != c.uid || st.st_gid != c.gid {
+            // A gid other than the caller's came from a setgid parent.
+            let dir_sgid = sys::fstatat(dir, c".")?.st_mode & libc::S_ISGID != 0;
+            let gid = if dir_sgid { st.st_gid } else { c.gid };
+            if st.st_uid != c.uid || st.st_gid != gid {
+                sys::fchownat(dir, name, c.uid, gid)?;
+                st = sys::fstatat(dir, name)?;
+            }
         }
         let want = match obj {
             NewObj::Dir(m) => (m & 0o7777) | (st.st_mode & libc::S_ISGID),
             NewObj::File(m) | NewObj::Special(m, _) => m & 0o7777,
             NewObj::Symlink(_) => return Ok(()),
         };
-        if sys::fstatat(dir, name)?.st_mode & 0o7777 != want {
+        // chown drops set-id bits; put back what was asked for.
+        if st.st_mode & 0o7777 != want {
             sys::fchmodat(dir, name, want)?;
         }
         Ok(())
@@ -295,15 +304,6 @@ impl OvlFs {
             (true, false) => return errno(libc::ENOTDIR),
             _ => {}
         }
-        if want_dir && !self.merged_empty(&node)? {
-            return errno(libc::ENOTEMPTY);
-        }
-        self.copy_up(parent, CopyUp::Data)?;
-        if !want_dir {
-            self.index_before_drop(&node, parent, name, &st)?;
-        }
-        let path = join(&self.path_of(parent)?, name);
-        let (pfd, cname) = self.upper_parent(&path)?;
         // Found by this name in a lower (no redirect): a whiteout is needed;
         // otherwise ask the parent's lowers about the name, as the kernel.
         let has_lower = {
@@ -312,6 +312,19 @@ impl OvlFs {
                 && s.redirect.is_none()
                 && s.lowers.iter().all(|l| l.path.is_none())
         };
+        let needs_whiteout = has_lower || self.lower_positive(parent, name)?;
+        // Only a pure upper dir that leaves no whiteout may be left to the
+        // upper rmdir's own ENOTEMPTY: a whiteout replaces the dir whole.
+        let merged = !node.state.read().lowers.is_empty();
+        if want_dir && (merged || needs_whiteout) && !self.merged_empty(&node)? {
+            return errno(libc::ENOTEMPTY);
+        }
+        self.copy_up(parent, CopyUp::Data)?;
+        if !want_dir {
+            self.index_before_drop(&node, parent, name, &st)?;
+        }
+        let path = join(&self.path_of(parent)?, name);
+        let (pfd, cname) = self.upper_parent(&path)?;
         let upper_st = if node.has_upper() {
             self.upper()?.try_stat(&path)?
         } else {
@@ -335,13 +348,18 @@ impl OvlFs {
             }
         }
         if in_upper {
-            if has_lower || self.lower_positive(parent, name)? {
+            if needs_whiteout {
                 self.whiteout_over(&pfd, &cname, want_dir)?;
             } else if want_dir {
-                let d =
-                    sys::open_beneath(pfd.as_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-                clean_dir(&d)?;
-                sys::unlinkat(pfd.as_fd(), &cname, libc::AT_REMOVEDIR)?;
+                match sys::unlinkat(pfd.as_fd(), &cname, libc::AT_REMOVEDIR) {
+                    // Merged-empty: what is left are whiteouts.
+                    Err(e) if merged && e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+                        clean_dir(&sys::open_beneath(pfd.as_fd(), &cname, flags, 0)?)?;
+                        sys::unlinkat(pfd.as_fd(), &cname, libc::AT_REMOVEDIR)?;
+                    }
+                    r => r?,
+                }
             } else {
                 sys::unlinkat(pfd.as_fd(), &cname, 0)?;
             }

@@ -19,6 +19,16 @@ fn is_dir(st: &Stat) -> bool {
 impl OvlFs {
     /// Resolves `name` in `parent`. None: no such entry in the merged view.
     pub fn lookup_found(&self, parent: &Node, name: &OsStr) -> Result<Option<(Found, Stat)>> {
+        self.lookup_found_ex(parent, name, &mut false)
+    }
+
+    /// lookup_found that also tells whether the upper holds a whiteout there.
+    pub fn lookup_found_ex(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        upper_whiteout: &mut bool,
+    ) -> Result<Option<(Found, Stat)>> {
         if !parent.is_dir() {
             return errno(libc::ENOTDIR);
         }
@@ -53,6 +63,7 @@ impl OvlFs {
             let u = self.upper()?;
             if let Some(st) = u.try_stat(&path)? {
                 if format::is_whiteout(&st) {
+                    *upper_whiteout = true;
                     return Ok(None);
                 }
                 upper = true;

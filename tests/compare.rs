@@ -564,3 +564,26 @@ fn userxattr_mode_reads_and_writes_user_overlay_xattrs() {
         get_xattr(&p.k_upper.join("top"), "user.overlay.overlay.mine")
     );
 }
+
+/// rmdir of a non-empty dir made over a whiteout (pure upper, but its name
+/// is in a lower): ENOTEMPTY, and nothing inside is lost.
+#[test]
+fn rmdir_of_nonempty_dir_over_whiteout_keeps_its_contents() {
+    let p = Pair::new(K, O);
+    p.both("recreate deep", |m| {
+        fs::remove_dir_all(m.join("deep")).unwrap();
+        fs::create_dir(m.join("deep")).unwrap();
+        fs::write(m.join("deep/keep"), b"keep me\n").unwrap();
+        res(fs::remove_dir(m.join("deep")))
+    });
+    p.both("still there", |m| read(&m.join("deep/keep")));
+    p.both("new dir in a new dir", |m| {
+        fs::create_dir_all(m.join("fresh/sub")).unwrap();
+        (
+            res(fs::remove_dir(m.join("fresh"))),
+            res(fs::remove_dir(m.join("fresh/sub"))),
+            res(fs::remove_dir(m.join("fresh"))),
+        )
+    });
+    finish(p);
+}
