@@ -43,6 +43,7 @@ mount_fs() { # kind dir
   case $k in
     kernel) mount -t overlay overlay -o "lowerdir=$L,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
     ovlfuse) "$OVL" -o "lowerdir=$L,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
+    ovlfuse-t1) "$OVL" -o "lowerdir=$L,upperdir=$d/u,workdir=$d/w,threads=1" "$d/m" ;;
     fuse-overlayfs) "$FOVL" -o "lowerdir=$L,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
   esac
 }
@@ -65,16 +66,36 @@ run() { # kind workload
     copy_up) drop; t0=$(now); echo x >> "$d/m/big"; t1=$(now) ;;
     rm_lower) t0=$(now); rm "$d/m/big"; t1=$(now) ;;
     seq_read) drop; t0=$(now); cat "$d/m/big" > /dev/null; t1=$(now) ;;
+    seq_write_fsync) t0=$(now); dd if=/dev/zero of="$d/m/out" bs=1M count="$MIB" conv=fsync status=none; t1=$(now) ;;
+    parallel_mix)
+      drop; t0=$(now)
+      for p in 0 1 2 3; do
+        (for ((x = p; x < (FILES + 99) / 100; x += 4)); do ls -l "$d/m/tree/d$x" > /dev/null; cat "$d/m/tree/d$x"/* > /dev/null; done) &
+      done
+      wait; t1=$(now) ;;
+    peak_rss_kb)
+      ls -lR "$d/m/tree" > /dev/null
+      local pid; pid=$(daemon_pid "$d/m")
+      t0=0; t1=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0) ;;
   esac
   umount_fs "$d"
   echo $((t1 - t0))
+}
+
+# The daemon serving a mount: the process whose cwd or cmdline names it.
+daemon_pid() {
+  local m=$1 p
+  for p in $(pgrep -f "$m" 2>/dev/null); do
+    [ "$(cat /proc/$p/comm 2>/dev/null)" = ovlfuse ] && { echo "$p"; return; }
+  done
+  echo 0
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 KINDS=(kernel ovlfuse)
 [ -n "$FOVL" ] && KINDS+=(fuse-overlayfs)
-WORKLOADS=(ls_lR_cold stat_warm mkdir find_delete copy_up rm_lower seq_read)
+WORKLOADS=(ls_lR_cold stat_warm mkdir find_delete copy_up rm_lower seq_read seq_write_fsync parallel_mix)
 declare -A R
 for w in "${WORKLOADS[@]}"; do
   for k in "${KINDS[@]}"; do R[$k,$w]=""; done
@@ -84,12 +105,12 @@ for w in "${WORKLOADS[@]}"; do
 done
 
 echo "files=$FILES dirs=$DIRS big=${MIB}MiB repeats=$REPEATS cores=$(nproc) kernel=$(uname -r)"
-printf '%-12s' workload
+printf '%-16s' workload
 for k in "${KINDS[@]}"; do printf ' %14s' "$k ms"; done
 for k in "${KINDS[@]:1}"; do printf ' %16s' "$k/kernel"; done
 echo
 for w in "${WORKLOADS[@]}"; do
-  printf '%-12s' "$w"
+  printf '%-16s' "$w"
   declare -A M
   for k in "${KINDS[@]}"; do
     M[$k]=$(tr ' ' '\n' <<< "${R[$k,$w]}" | grep . | median)
@@ -98,3 +119,14 @@ for w in "${WORKLOADS[@]}"; do
   for k in "${KINDS[@]:1}"; do printf ' %16.2f' "$(bc -l <<< "${M[$k]} / ${M[kernel]}")"; done
   echo
 done
+
+# Threads: the parallel mix on ovlfuse with the default threads and with one.
+declare -a T1 TN
+for ((i = 0; i < REPEATS; i++)); do
+  TN+=("$(run ovlfuse parallel_mix)")
+  T1+=("$(run ovlfuse-t1 parallel_mix)")
+done
+mn=$(printf '%s\n' "${TN[@]}" | median); m1=$(printf '%s\n' "${T1[@]}" | median)
+printf 'parallel mix: threads=default %.1f ms, threads=1 %.1f ms, speed-up %.2fx\n' \
+  "$(bc -l <<< "$mn / 1000000")" "$(bc -l <<< "$m1 / 1000000")" "$(bc -l <<< "$m1 / $mn")"
+printf 'daemon peak RSS after ls -lR of %d files: %d kB\n' "$FILES" "$(run ovlfuse peak_rss_kb)"
