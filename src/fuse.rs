@@ -225,6 +225,11 @@ impl Filesystem for OvlFuse {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(want & config.capabilities());
+        // Large reads for the files that go through ovlfuse (lower files):
+        // as much readahead as the kernel allows (it offers its maximum).
+        let _ = config
+            .set_max_readahead(1 << 20)
+            .or_else(|max| config.set_max_readahead(max));
         if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -506,12 +511,11 @@ impl Filesystem for OvlFuse {
         for (i, en) in entries.iter().enumerate().skip(offset as usize) {
             let off = (i + 1) as u64;
             if en.name == "." || en.name == ".." {
-                // The kernel takes no reference for these two.
-                let Ok(st) = self.fs.getattr(&dir, None) else {
-                    continue;
-                };
-                let mut a = attr(&st);
+                // The kernel takes no reference for these two and ignores
+                // their attributes: no need to stat anything.
+                let mut a = negative_attr();
                 a.ino = INodeNo(en.ino);
+                a.kind = FileType::Directory;
                 if reply.add(INodeNo(en.ino), off, &en.name, &self.ttl, &a, Generation(0)) {
                     break;
                 }
