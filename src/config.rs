@@ -95,9 +95,11 @@ impl Default for Config {
             static_nlink: false,
             noxattrs: false,
             timeout: 86400.0,
+            // Requests block on disk I/O, not only CPU: at least 4 workers.
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
-                .unwrap_or(2),
+                .unwrap_or(2)
+                .max(4),
             fuse: FuseFlags::default(),
             warnings: Vec::new(),
         }
