@@ -426,12 +426,3 @@ pub fn remove_tmp(work: &OwnedFd, tmp: &CStr) {
         let _ = sys::unlinkat(work.as_fd(), tmp, libc::AT_REMOVEDIR);
     }
 }
-
-/// Not a directory error helper for callers that need a dir.
-pub fn need_dir(node: &Node) -> Result<()> {
-    if node.is_dir() {
-        Ok(())
-    } else {
-        errno(libc::ENOTDIR)
-    }
-}

@@ -89,13 +89,6 @@ impl OvlFs {
             (_, n) => 64 - (n as u64).leading_zeros() + 1,
         };
         let xn = XattrNames::new(cfg.userxattr);
-        let root_top = match &upper {
-            Some(u) => u.stat(b"").map_err(|e| io_err("upperdir", &u.path, e))?,
-            None => lowers[0]
-                .stat(b"")
-                .map_err(|e| io_err("lowerdir", &lowers[0].path, e))?,
-        };
-        let _ = root_top;
         let mut root_lowers = Vec::new();
         for (i, l) in lowers.iter().enumerate() {
             if l.data_only {

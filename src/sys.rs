@@ -633,24 +633,6 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid out array.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: both fds are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-pub fn write_fd(fd: BorrowedFd, data: &[u8]) -> io::Result<usize> {
-    // SAFETY: data is readable for its length.
-    cvt_ssize(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })
-}
-
-pub fn read_fd(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is writable for its length.
-    cvt_ssize(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
-}
-
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and threads spawned later)
 /// and returns the set, to be waited for with `wait_signal`.
 pub fn block_term_signals() -> libc::sigset_t {
@@ -685,10 +667,6 @@ pub fn borrow_raw(fd: RawFd) -> BorrowedFd<'static> {
 
 pub fn makedev(major: u32, minor: u32) -> u64 {
     libc::makedev(major, minor)
-}
-
-pub fn major_minor(dev: u64) -> (u32, u32) {
-    (libc::major(dev), libc::minor(dev))
 }
 
 pub fn zeroed_stat() -> Stat {
