@@ -66,6 +66,9 @@ impl OvlFs {
                     *upper_whiteout = true;
                     return Ok(None);
                 }
+                if let Some(found) = self.known_upper(parent, name, &st) {
+                    return Ok(Some(found));
+                }
                 upper = true;
                 top = Some((st, 0));
                 if is_dir(&st) {
@@ -251,6 +254,43 @@ impl OvlFs {
             },
             st,
         )))
+    }
+
+    /// An upper object this name already leads to in the node table: what
+    /// the first lookup found still holds (its markers change only through
+    /// ovlfuse, which keeps the node up to date), so one stat suffices.
+    fn known_upper(&self, parent: &Node, name: &OsStr, st: &Stat) -> Option<(Found, Stat)> {
+        let ino = self
+            .copied
+            .get(&st.st_ino)
+            .map(|i| *i)
+            .unwrap_or_else(|| self.map_ino(0, st));
+        let node = self.nodes.get(ino)?;
+        let s = node.state.read();
+        let same = node.kind == st.st_mode & libc::S_IFMT
+            && node.has_upper()
+            && !s.dead
+            && !s.metacopy
+            && s.index.is_none()
+            && s.aliases
+                .iter()
+                .any(|(p, n)| std::ptr::eq(p.as_ref(), parent) && n == name);
+        if !same {
+            return None;
+        }
+        let mut st = *st;
+        st.st_ino = ino;
+        let found = Found {
+            ino,
+            kind: node.kind,
+            upper: true,
+            lowers: s.lowers.clone(),
+            redirect: s.redirect.clone(),
+            index: None,
+            nlink: None,
+            metacopy: false,
+        };
+        Some((found, st))
     }
 
     /// Points the lookups still to do (`cands[from..]`) at a redirect: a
