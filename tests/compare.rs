@@ -587,3 +587,39 @@ fn rmdir_of_nonempty_dir_over_whiteout_keeps_its_contents() {
     });
     finish(p);
 }
+
+/// podman/Docker layers mark deletions AUFS-style (`.wh.NAME`,
+/// `.wh..wh..opq`): ovlfuse over such layers must behave as the kernel over
+/// the same layers written with char 0/0 whiteouts and the opaque xattr.
+#[test]
+fn aufs_markers_read_like_kernel_whiteouts() {
+    let p = Pair::with_lowers(K, O, |b| build_lowers(b, false), |b| build_lowers(b, true));
+    p.both("root", ls);
+    p.both("a", |m| ls(&m.join("a")));
+    p.both("opq", |m| ls(&m.join("opq")));
+    for f in [
+        "wh-me",
+        "gone-dir",
+        "a/y",
+        ".wh.wh-me",
+        "opq/.wh..wh..opq",
+        "opq/hidden",
+    ] {
+        p.both(&format!("lstat {f}"), |m| {
+            res(fs::symlink_metadata(m.join(f)))
+        });
+    }
+    p.both("create over aufs whiteout", |m| {
+        res(fs::write(m.join("wh-me"), b"back\n"))
+    });
+    p.both("mkdir over aufs whiteout", |m| {
+        res(fs::create_dir(m.join("gone-dir")))
+    });
+    p.both("ls recreated", |m| ls(&m.join("gone-dir")));
+    p.both("rm in opaque dir", |m| {
+        res(fs::remove_file(m.join("opq/visible")))
+    });
+    p.both("rmdir opaque dir", |m| res(fs::remove_dir(m.join("opq"))));
+    p.both("unlink a/x", |m| res(fs::remove_file(m.join("a/x"))));
+    finish(p);
+}
