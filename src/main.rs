@@ -46,6 +46,13 @@ struct Cli {
     /// Print the version and exit
     #[arg(short = 'V', long = "version")]
     version: bool,
+    /// mount(8) helper flags (no mtab, sloppy, verbose): ignored
+    #[arg(short = 'n', hide = true)]
+    _no_mtab: bool,
+    #[arg(short = 's', hide = true)]
+    _sloppy: bool,
+    #[arg(short = 'v', hide = true)]
+    _verbose: bool,
     /// [SOURCE] MOUNTPOINT (SOURCE, as mount.fuse3 passes it, is ignored)
     #[arg(value_name = "ARGS", num_args = 0..=2)]
     args: Vec<PathBuf>,

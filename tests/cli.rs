@@ -35,7 +35,8 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
         let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
         let here = cmd.contains(&needle) || (cwd.as_deref() == mnt.parent() && cmd.contains(" m"));
         let argv0 = cmd.split(' ').next().unwrap_or("");
-        let is_us = argv0 == bin() || argv0 == "ovlfuse";
+        let base = argv0.rsplit('/').next().unwrap_or("");
+        let is_us = argv0 == bin() || base == "ovlfuse" || base.starts_with("mount.fuse.ovlfuse");
         if is_us && here && pid != std::process::id() {
             out.push(pid);
         }
@@ -345,5 +346,54 @@ fn without_upper_the_mount_is_read_only() {
         .open(d.p("m/f"))
         .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(fs::read(d.p("m/f")).unwrap(), b"lower\n");
+}
+
+/// scripts/install lays out the binary, the man page and the
+/// mount.fuse.ovlfuse helper; the helper mounts as mount(8) runs it.
+#[test]
+fn install_layout_and_mount_helper() {
+    let d = Dirs::new();
+    let dest = d.p("dest");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{root}/scripts/install"))
+        .env("DESTDIR", &dest)
+        .env("BIN", bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dest.join("usr/local/bin/ovlfuse").is_file());
+    assert!(dest.join("usr/local/share/man/man1/ovlfuse.1").is_file());
+    let helper = dest.join("usr/sbin/mount.fuse.ovlfuse");
+    assert_eq!(
+        fs::read_link(&helper).unwrap(),
+        PathBuf::from("/usr/local/bin/ovlfuse")
+    );
+    // mount(8) runs: mount.fuse.ovlfuse SOURCE MOUNTPOINT [-n] -o OPTIONS
+    let staged = dest.join("usr/sbin/mount.fuse.ovlfuse.staged");
+    std::os::unix::fs::symlink(dest.join("usr/local/bin/ovlfuse"), &staged).unwrap();
+    let _guard = DaemonGuard(d.p("m"));
+    let opts = format!(
+        "rw,lowerdir={},upperdir={},workdir={},noauto,_netdev",
+        d.s("l1"),
+        d.s("u"),
+        d.s("w")
+    );
+    let out = Command::new(&staged)
+        .arg("ovlfuse")
+        .arg(d.p("m"))
+        .arg("-n")
+        .args(["-o", &opts])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fs::read(d.p("m/f")).unwrap(), b"lower\n");
 }
