@@ -356,12 +356,6 @@ impl Config {
     /// yet; the user is told instead of being left to guess.
     pub fn not_applied(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        if !self.uidmap.is_empty() || !self.gidmap.is_empty() {
-            v.push("uidmapping/gidmapping");
-        }
-        if self.squash_uid.is_some() || self.squash_gid.is_some() {
-            v.push("squash_to_root/squash_to_uid/squash_to_gid");
-        }
         if self.xattr_permissions != 0 {
             v.push("xattr_permissions");
         }

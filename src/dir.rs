@@ -131,6 +131,8 @@ impl OvlFs {
                 return errno(libc::EPERM);
             }
         }
+        let (uid, gid) = self.ids.creator(c.uid, c.gid)?;
+        let c = Creds { uid, gid };
         let (path, over_whiteout) = self.prepare_create(parent, name)?;
         let (pfd, cname) = self.upper_parent(&path)?;
         let dir = matches!(obj, NewObj::Dir(_));

@@ -46,6 +46,7 @@ impl OvlFs {
         if node.ino != ROOT_INO {
             st.st_ino = node.ino;
         }
+        self.ids.show(st);
         // Like the kernel: counting a merged dir's subdirs would need a readdir.
         if merged_dir {
             st.st_nlink = 1;
@@ -112,12 +113,14 @@ impl OvlFs {
         let upper = self.upper()?;
         let path = self.path_of(node)?;
         let cpath = to_c(&path)?;
-        if a.uid.is_some() || a.gid.is_some() {
+        let (uid, gid) = self.ids.unsquashed(a.uid, a.gid);
+        let (uid, gid) = self.ids.store(uid, gid)?;
+        if uid.is_some() || gid.is_some() {
             sys::fchownat(
                 upper.fd(),
                 &cpath,
-                a.uid.unwrap_or(u32::MAX),
-                a.gid.unwrap_or(u32::MAX),
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
             )?;
         }
         if let Some(mode) = a.mode {

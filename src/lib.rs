@@ -7,6 +7,7 @@ pub mod dir;
 pub mod file;
 pub mod format;
 pub mod fuse;
+pub mod idmap;
 pub mod index;
 pub mod inode;
 pub mod layer;

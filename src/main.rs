@@ -65,6 +65,9 @@ fn die(msg: impl std::fmt::Display) -> ! {
 
 fn main() {
     let cli = Cli::parse();
+    // Blocked from the start: a SIGTERM that comes as soon as the mount
+    // appears must unmount it, not kill the process and leave it behind.
+    let sigs = sys::block_term_signals();
     if cli.version {
         println!("ovlfuse version {}", env!("CARGO_PKG_VERSION"));
         println!("FUSE library version fuser 0.18 (native, no libfuse)");
@@ -166,7 +169,6 @@ fn main() {
             Err(e) => die(format!("cannot fork: {e}")),
         }
     }
-    let sigs = sys::block_term_signals();
     let mut unmounter = session.unmount_callable();
     std::thread::spawn(move || {
         sys::wait_signal(&sigs);

@@ -29,6 +29,8 @@ pub struct OvlFs {
     /// `W/index` (index=on).
     pub index: Option<Layer>,
     pub xn: XattrNames,
+    /// Owner ids between the layers (host) and the merged view (container).
+    pub ids: crate::idmap::IdMapper,
     pub nodes: NodeTable,
     pub files: DashMap<u64, Arc<OpenFile>>,
     pub dirs: DashMap<u64, Arc<DirHandle>>,
@@ -89,6 +91,7 @@ impl OvlFs {
             (_, n) => 64 - (n as u64).leading_zeros() + 1,
         };
         let xn = XattrNames::new(cfg.userxattr);
+        let ids = crate::idmap::IdMapper::new(&cfg);
         let mut root_lowers = Vec::new();
         for (i, l) in lowers.iter().enumerate() {
             if l.data_only {
@@ -117,6 +120,7 @@ impl OvlFs {
             lowers,
             index,
             xn,
+            ids,
             nodes: NodeTable::new(root),
             files: DashMap::new(),
             dirs: DashMap::new(),
