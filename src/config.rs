@@ -352,16 +352,6 @@ impl Config {
         Ok(())
     }
 
-    /// Options that are parsed and checked but whose effect is not built
-    /// yet; the user is told instead of being left to guess.
-    pub fn not_applied(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.xattr_permissions != 0 {
-            v.push("xattr_permissions");
-        }
-        v
-    }
-
     /// Resolves relative paths against `cwd` and checks the layers as the
     /// kernel would, before anything is mounted.
     pub fn validate(&mut self, cwd: &Path, mountpoint: &Path) -> Result<PathBuf, ConfigError> {

@@ -112,6 +112,39 @@ impl OvlFs {
         Ok(())
     }
 
+    /// The owner of a new object: its inode (host ids), or with
+    /// xattr_permissions the override xattr (the ids the view shows).
+    fn own_new(
+        &self,
+        dir: BorrowedFd,
+        name: &CStr,
+        obj: NewObj,
+        host: Creds,
+        shown: Creds,
+    ) -> Result<()> {
+        let Some(x) = &self.override_xattr else {
+            return Self::set_owner(dir, name, obj, host);
+        };
+        let mode = match obj {
+            NewObj::Dir(m) | NewObj::File(m) | NewObj::Special(m, _) => m & 0o7777,
+            NewObj::Symlink(_) => 0o777,
+        };
+        let o = crate::format::OverrideStat {
+            uid: shown.uid,
+            gid: shown.gid,
+            mode,
+        };
+        match sys::setxattr(dir, name, x, &o.encode(), 0) {
+            // Symlinks take no user.* xattrs: they keep their inode owner.
+            Err(e)
+                if matches!(obj, NewObj::Symlink(_)) && e.raw_os_error() == Some(libc::EPERM) =>
+            {
+                Ok(())
+            }
+            r => Ok(r?),
+        }
+    }
+
     fn set_opaque(&self, dir: BorrowedFd, name: &CStr) -> Result<()> {
         sys::setxattr(dir, name, &self.xn.opaque, b"y", 0)?;
         Ok(())
@@ -131,6 +164,7 @@ impl OvlFs {
                 return errno(libc::EPERM);
             }
         }
+        let shown = c;
         let (uid, gid) = self.ids.creator(c.uid, c.gid)?;
         let c = Creds { uid, gid };
         let (path, over_whiteout) = self.prepare_create(parent, name)?;
@@ -144,7 +178,7 @@ impl OvlFs {
             let tmp = self.tmp_name();
             let build = || -> Result<()> {
                 Self::make_obj(work.as_fd(), &tmp, obj)?;
-                Self::set_owner(work.as_fd(), &tmp, obj, c)?;
+                self.own_new(work.as_fd(), &tmp, obj, c, shown)?;
                 if opaque {
                     self.set_opaque(work.as_fd(), &tmp)?;
                 }
@@ -169,7 +203,7 @@ impl OvlFs {
         } else {
             Self::make_obj(pfd.as_fd(), &cname, obj)?;
             let finish = || -> Result<()> {
-                Self::set_owner(pfd.as_fd(), &cname, obj, c)?;
+                self.own_new(pfd.as_fd(), &cname, obj, c, shown)?;
                 if opaque {
                     self.set_opaque(pfd.as_fd(), &cname)?;
                 }

@@ -216,6 +216,46 @@ pub fn format_nlink(delta: i64) -> Vec<u8> {
     format!("U{delta:+}").into_bytes()
 }
 
+/// Owner and mode kept in an xattr instead of the inode (fuse-overlayfs's
+/// xattr_permissions): `uid:gid:0mode[:type]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverrideStat {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (07777).
+    pub mode: u32,
+}
+
+/// The override xattr for xattr_permissions=1 and =2.
+pub fn override_name(mode: u8) -> Option<&'static str> {
+    match mode {
+        1 => Some("security.fuseoverlayfs.override_stat"),
+        2 => Some("user.containers.override_stat"),
+        _ => None,
+    }
+}
+
+impl OverrideStat {
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}:{}:0{:o}", self.uid, self.gid, self.mode & 0o7777).into_bytes()
+    }
+
+    /// Parses a value; the optional `:type` part is accepted and ignored.
+    pub fn decode(v: &[u8]) -> Option<OverrideStat> {
+        let s = std::str::from_utf8(v).ok()?;
+        let mut it = s.split(':');
+        let uid = it.next()?.parse().ok()?;
+        let gid = it.next()?.parse().ok()?;
+        let mode = u32::from_str_radix(it.next()?, 8).ok()?;
+        if let Some(t) = it.next() {
+            if t.is_empty() || it.next().is_some() {
+                return None;
+            }
+        }
+        (mode <= 0o7777).then_some(OverrideStat { uid, gid, mode })
+    }
+}
+
 /// A redirect is a single name (same parent) or an absolute path from the
 /// root; no empty, "." or ".." components, no NUL.
 pub fn redirect_valid(v: &[u8]) -> bool {
@@ -271,6 +311,29 @@ mod tests {
         assert_eq!(parse_nlink(b"X+1"), None);
         assert_eq!(format_nlink(-1), b"U-1");
         assert_eq!(format_nlink(0), b"U+0");
+    }
+
+    #[test]
+    fn override_stat_values() {
+        let o = OverrideStat {
+            uid: 5,
+            gid: 6,
+            mode: 0o4755,
+        };
+        assert_eq!(o.encode(), b"5:6:04755");
+        assert_eq!(OverrideStat::decode(b"5:6:04755"), Some(o));
+        assert_eq!(
+            OverrideStat::decode(b"5:6:0644:file"),
+            Some(OverrideStat {
+                uid: 5,
+                gid: 6,
+                mode: 0o644
+            })
+        );
+        assert_eq!(OverrideStat::decode(b"5:6"), None);
+        assert_eq!(OverrideStat::decode(b"5:6:999"), None);
+        assert_eq!(OverrideStat::decode(b"a:6:0644"), None);
+        assert_eq!(OverrideStat::decode(b"5:6:0644:f:g"), None);
     }
 
     #[test]

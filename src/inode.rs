@@ -67,6 +67,7 @@ impl OvlFs {
             Err(e) => self.stat_open(node, fh).ok_or(e)?,
         };
         self.fix_stat(node, &mut st, Self::is_merged_dir(node));
+        self.apply_override(node, &mut st);
         let (nlink, metacopy) = {
             let s = node.state.read();
             (s.nlink, s.metacopy)
@@ -113,21 +114,34 @@ impl OvlFs {
         let upper = self.upper()?;
         let path = self.path_of(node)?;
         let cpath = to_c(&path)?;
-        let (uid, gid) = self.ids.unsquashed(a.uid, a.gid);
-        let (uid, gid) = self.ids.store(uid, gid)?;
-        if uid.is_some() || gid.is_some() {
-            sys::fchownat(
-                upper.fd(),
-                &cpath,
-                uid.unwrap_or(u32::MAX),
-                gid.unwrap_or(u32::MAX),
-            )?;
-        }
-        if let Some(mode) = a.mode {
-            if node.kind == libc::S_IFLNK {
-                return errno(libc::EOPNOTSUPP);
+        if let Some(name) = self.override_xattr.clone() {
+            // Owner and mode live in the override xattr, not the inode.
+            if a.uid.is_some() || a.gid.is_some() || a.mode.is_some() {
+                let cur = self.getattr(node, a.fh)?;
+                let o = crate::format::OverrideStat {
+                    uid: a.uid.unwrap_or(cur.st_uid),
+                    gid: a.gid.unwrap_or(cur.st_gid),
+                    mode: a.mode.map(|m| m & 0o7777).unwrap_or(cur.st_mode & 0o7777),
+                };
+                upper.setxattr(&path, &name, &o.encode(), 0)?;
             }
-            sys::fchmodat(upper.fd(), &cpath, mode & 0o7777)?;
+        } else {
+            let (uid, gid) = self.ids.unsquashed(a.uid, a.gid);
+            let (uid, gid) = self.ids.store(uid, gid)?;
+            if uid.is_some() || gid.is_some() {
+                sys::fchownat(
+                    upper.fd(),
+                    &cpath,
+                    uid.unwrap_or(u32::MAX),
+                    gid.unwrap_or(u32::MAX),
+                )?;
+            }
+            if let Some(mode) = a.mode {
+                if node.kind == libc::S_IFLNK {
+                    return errno(libc::EOPNOTSUPP);
+                }
+                sys::fchmodat(upper.fd(), &cpath, mode & 0o7777)?;
+            }
         }
         if let Some(size) = a.size {
             if node.is_dir() {

@@ -92,9 +92,6 @@ fn main() {
     for w in cfg.warnings.drain(..) {
         eprintln!("{w}");
     }
-    for o in cfg.not_applied() {
-        eprintln!("ovlfuse: warning: {o} accepted but not applied yet: ids are shown and stored as they are");
-    }
     let level = if cli.debug {
         "debug"
     } else {

@@ -390,6 +390,7 @@ impl OvlFs {
                 }
                 let mut st = st;
                 self.fix_stat(&node, &mut st, merged_dir);
+                self.apply_override(&node, &mut st);
                 Ok((node, st))
             }
             None => errno(libc::ENOENT),

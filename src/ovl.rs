@@ -31,6 +31,8 @@ pub struct OvlFs {
     pub xn: XattrNames,
     /// Owner ids between the layers (host) and the merged view (container).
     pub ids: crate::idmap::IdMapper,
+    /// xattr_permissions: the xattr that holds owner and mode, if any.
+    pub override_xattr: Option<CString>,
     pub nodes: NodeTable,
     pub files: DashMap<u64, Arc<OpenFile>>,
     pub dirs: DashMap<u64, Arc<DirHandle>>,
@@ -92,6 +94,8 @@ impl OvlFs {
         };
         let xn = XattrNames::new(cfg.userxattr);
         let ids = crate::idmap::IdMapper::new(&cfg);
+        let override_xattr = crate::format::override_name(cfg.xattr_permissions)
+            .map(|n| CString::new(n).expect("no NUL"));
         let mut root_lowers = Vec::new();
         for (i, l) in lowers.iter().enumerate() {
             if l.data_only {
@@ -121,6 +125,7 @@ impl OvlFs {
             index,
             xn,
             ids,
+            override_xattr,
             nodes: NodeTable::new(root),
             files: DashMap::new(),
             dirs: DashMap::new(),
@@ -253,6 +258,32 @@ impl OvlFs {
             m.opaque = layer.try_stat(&marker)?.is_some();
         }
         Ok(m)
+    }
+
+    /// xattr_permissions: owner and mode from the override xattr, if set.
+    pub fn apply_override(&self, node: &Node, st: &mut crate::sys::Stat) {
+        let Some(name) = &self.override_xattr else {
+            return;
+        };
+        let Ok((layer, path)) = self.real(node) else {
+            return;
+        };
+        if let Ok(Some(v)) = layer.try_getxattr(&path, name) {
+            if let Some(o) = crate::format::OverrideStat::decode(&v) {
+                st.st_uid = o.uid;
+                st.st_gid = o.gid;
+                st.st_mode = (st.st_mode & libc::S_IFMT) | o.mode;
+            }
+        }
+    }
+
+    /// A user may neither see nor set these xattrs.
+    pub fn hidden_xattr(&self, name: &OsStr) -> bool {
+        self.xn.is_private(name)
+            || self
+                .override_xattr
+                .as_ref()
+                .is_some_and(|o| o.as_bytes() == name.as_bytes())
     }
 
     /// Attributes the kernel cached for `ino` changed behind its back.

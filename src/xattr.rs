@@ -12,7 +12,7 @@ use crate::{errno, OvlFs, Result};
 
 impl OvlFs {
     pub fn getxattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<Vec<u8>> {
-        if self.xn.is_private(name) || self.cfg.noxattrs {
+        if self.hidden_xattr(name) || self.cfg.noxattrs {
             return errno(libc::ENODATA);
         }
         let (layer, path) = self.real(node)?;
@@ -28,6 +28,9 @@ impl OvlFs {
         let (layer, path) = self.real(node)?;
         let mut out = Vec::new();
         for n in layer.listxattr(&path)? {
+            if self.hidden_xattr(&n) {
+                continue;
+            }
             if let Some(shown) = self.xn.unescape(&n) {
                 out.extend_from_slice(shown.as_bytes());
                 out.push(0);
@@ -40,7 +43,7 @@ impl OvlFs {
         if self.read_only() {
             return errno(libc::EROFS);
         }
-        if self.xn.is_private(name) {
+        if self.hidden_xattr(name) {
             return errno(libc::EPERM);
         }
         if self.cfg.noxattrs {
@@ -56,7 +59,7 @@ impl OvlFs {
         if self.read_only() {
             return errno(libc::EROFS);
         }
-        if self.xn.is_private(name) {
+        if self.hidden_xattr(name) {
             return errno(libc::ENODATA);
         }
         // Nothing to remove: fail without copying up.

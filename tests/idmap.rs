@@ -80,3 +80,41 @@ fn squash_to_root_shows_root_and_ignores_chown() {
         "chown is a no-op under squash"
     );
 }
+
+/// xattr_permissions=2: chown and chmod go to user.containers.override_stat
+/// (the inode keeps its owner), stat shows the stored values, and the xattr
+/// itself is hidden.
+#[test]
+fn xattr_permissions_keep_owner_and_mode_in_an_xattr() {
+    let s = setup("xperm");
+    let (l, u, w, m) = (s.0.join("l"), s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    let _g = OvlMount::layers(&[l], Some((&u, &w)), &m, "xattr_permissions=2");
+    chown(m.join("mapped50"), Some(7), Some(8)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(m.join("mapped50"), fs::Permissions::from_mode(0o600)).unwrap();
+    let md = fs::metadata(m.join("mapped50")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (7, 8, 0o600));
+    let umd = fs::metadata(u.join("mapped50")).unwrap();
+    assert_eq!(
+        (umd.uid(), umd.gid(), umd.mode() & 0o7777),
+        (1050, 1050, 0o644),
+        "the inode is not changed"
+    );
+    assert_eq!(
+        get_xattr(&u.join("mapped50"), "user.containers.override_stat"),
+        Ok(b"7:8:0600".to_vec())
+    );
+    assert!(!list_xattr(&m.join("mapped50"))
+        .unwrap()
+        .iter()
+        .any(|n| n.contains("override")));
+    assert_eq!(
+        get_xattr(&m.join("mapped50"), "user.containers.override_stat"),
+        Err(libc::ENODATA)
+    );
+    fs::write(m.join("made"), b"m").unwrap();
+    assert_eq!(
+        get_xattr(&u.join("made"), "user.containers.override_stat"),
+        Ok(b"0:0:0644".to_vec())
+    );
+}
