@@ -1,0 +1,137 @@
+//! Data safety under pressure: a full upper filesystem, and layers that
+//! try to lead ovlfuse out of them with symlinks.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use common::*;
+
+/// A small tmpfs mounted on `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        umount(&self.0);
+    }
+}
+
+#[test]
+fn full_upper_gives_enospc_and_keeps_everything_intact() {
+    let s = Scratch::new("full");
+    let l = s.0.join("l");
+    let big: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
+    write(&l.join("big"), &big);
+    write(&l.join("small"), b"small\n");
+    let t = Tmpfs::new(&s.0.join("t"), "8m");
+    for d in ["u", "w"] {
+        fs::create_dir_all(t.0.join(d)).unwrap();
+    }
+    let m = s.0.join("m");
+    fs::create_dir_all(&m).unwrap();
+    let (u, w) = (t.0.join("u"), t.0.join("w"));
+    let _g = OvlMount::layers(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    // A copy-up that does not fit: ENOSPC for the caller, nothing half done.
+    let e = append(&m.join("big"), b"!").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert_eq!(
+        read(&m.join("big")).unwrap(),
+        big,
+        "the merged view still shows the lower file"
+    );
+    assert_eq!(read(&l.join("big")).unwrap(), big, "the lower is untouched");
+    assert!(!u.join("big").exists(), "no partial copy in the upper");
+    assert_eq!(
+        fs::read_dir(w.join("work")).unwrap().count(),
+        0,
+        "a temp file stayed in W/work"
+    );
+    // Writes that do not fit: ENOSPC, earlier data kept.
+    let mut f = fs::File::create(m.join("fill")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0usize;
+    let err = loop {
+        match f.write_all(&chunk).and_then(|_| f.sync_all()) {
+            Ok(()) => written += chunk.len(),
+            Err(e) => break e,
+        }
+        assert!(written < 64 << 20, "no ENOSPC on an 8 MiB upper");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    // Space freed: the mount works again.
+    fs::remove_file(m.join("fill")).unwrap();
+    append(&m.join("small"), b"more\n").unwrap();
+    assert_eq!(read(&m.join("small")).unwrap(), b"small\nmore\n");
+    assert_eq!(read(&l.join("small")).unwrap(), b"small\n");
+    assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0);
+}
+
+/// Symlinks in layers (absolute, `..`, a symlinked dir where another layer
+/// has a real one) never lead ovlfuse's own walks out of the layers: every
+/// operation stays inside, and nothing outside changes.
+#[test]
+fn layer_symlinks_never_lead_outside() {
+    let s = Scratch::new("hostile");
+    let outside = s.0.join("outside");
+    write(&outside.join("secret"), b"secret\n");
+    let (l1, l2) = (s.0.join("l1"), s.0.join("l2"));
+    write(&l2.join("d/inner"), b"inner\n");
+    fs::create_dir_all(&l1).unwrap();
+    // In the top layer, "d" is a symlink out of the layer; below it a real dir.
+    std::os::unix::fs::symlink(&outside, l1.join("d")).unwrap();
+    std::os::unix::fs::symlink("../../outside", l1.join("up")).unwrap();
+    std::os::unix::fs::symlink("/", l1.join("abs")).unwrap();
+    for d in ["u", "w", "m"] {
+        fs::create_dir_all(s.0.join(d)).unwrap();
+    }
+    let (u, w, m) = (s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    // The upper has a symlinked dir too, where a lower has a real one.
+    write(&l2.join("x/y"), b"y\n");
+    std::os::unix::fs::symlink(&outside, u.join("x")).unwrap();
+    let _g = OvlMount::layers(&[l1, l2], Some((&u, &w)), &m, "");
+    // The merged view shows the symlinks as symlinks, not merged dirs.
+    for n in ["d", "up", "abs", "x"] {
+        assert!(
+            fs::symlink_metadata(m.join(n))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{n}"
+        );
+    }
+    // Operations on those names act on the links themselves.
+    let c = CString::new(m.join("d").as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain syscall on a valid path.
+    assert_eq!(unsafe { libc::lchown(c.as_ptr(), 1234, 1234) }, 0);
+    fs::remove_file(m.join("up")).unwrap();
+    fs::rename(m.join("abs"), m.join("abs2")).unwrap();
+    fs::remove_file(m.join("x")).unwrap();
+    fs::create_dir(m.join("x")).unwrap();
+    write(&m.join("x/new"), b"inside\n");
+    // Nothing outside the layers changed or appeared.
+    assert_eq!(ls(&outside).unwrap(), vec!["secret"]);
+    assert_eq!(read(&outside.join("secret")).unwrap(), b"secret\n");
+    let md = fs::metadata(&outside).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(md.uid(), 1234, "lchown went through the link");
+    assert!(u.join("x").is_dir() && !u.join("x").is_symlink());
+    assert_eq!(read(&u.join("x/new")).unwrap(), b"inside\n");
+}
