@@ -122,7 +122,8 @@ impl OvlFs {
         host: Creds,
         shown: Creds,
     ) -> Result<()> {
-        let Some(x) = &self.override_xattr else {
+        // Symlinks take no user.* xattrs: their owner stays in the inode.
+        let (Some(x), false) = (&self.override_xattr, matches!(obj, NewObj::Symlink(_))) else {
             return Self::set_owner(dir, name, obj, host);
         };
         let mode = match obj {
@@ -134,15 +135,7 @@ impl OvlFs {
             gid: shown.gid,
             mode,
         };
-        match sys::setxattr(dir, name, x, &o.encode(), 0) {
-            // Symlinks take no user.* xattrs: they keep their inode owner.
-            Err(e)
-                if matches!(obj, NewObj::Symlink(_)) && e.raw_os_error() == Some(libc::EPERM) =>
-            {
-                Ok(())
-            }
-            r => Ok(r?),
-        }
+        Ok(sys::setxattr(dir, name, x, &o.encode(), 0)?)
     }
 
     fn set_opaque(&self, dir: BorrowedFd, name: &CStr) -> Result<()> {

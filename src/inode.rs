@@ -114,7 +114,12 @@ impl OvlFs {
         let upper = self.upper()?;
         let path = self.path_of(node)?;
         let cpath = to_c(&path)?;
-        if let Some(name) = self.override_xattr.clone() {
+        // Symlinks take no user.* xattrs: their owner stays in the inode.
+        if let Some(name) = self
+            .override_xattr
+            .clone()
+            .filter(|_| node.kind != libc::S_IFLNK)
+        {
             // Owner and mode live in the override xattr, not the inode.
             if a.uid.is_some() || a.gid.is_some() || a.mode.is_some() {
                 let cur = self.getattr(node, a.fh)?;

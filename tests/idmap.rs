@@ -118,3 +118,14 @@ fn xattr_permissions_keep_owner_and_mode_in_an_xattr() {
         Ok(b"0:0:0644".to_vec())
     );
 }
+
+#[test]
+fn xattr_permissions_leave_symlink_owners_in_the_inode() {
+    let s = setup("xperm-link");
+    let (l, u, w, m) = (s.0.join("l"), s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    std::os::unix::fs::symlink("mapped", l.join("link")).unwrap();
+    let _g = OvlMount::layers(&[l], Some((&u, &w)), &m, "xattr_permissions=2");
+    std::os::unix::fs::lchown(m.join("link"), Some(3), Some(4)).unwrap();
+    assert_eq!(owner(&m.join("link")), (3, 4));
+    assert_eq!(owner(&u.join("link")), (3, 4));
+}
