@@ -37,11 +37,18 @@ fn pjdfstest_bin() -> String {
 
 /// Runs pjdfstest in `mnt`; returns (passed, failed, failed case names).
 fn run(cfg: &Path, mnt: &Path) -> (u32, u32, Vec<String>) {
+    run_cases(cfg, mnt, &[])
+}
+
+/// Runs pjdfstest (only the cases whose names contain one of `cases`, if
+/// any are given: its -e exact match finds nothing in 0.2.2).
+fn run_cases(cfg: &Path, mnt: &Path, cases: &[&String]) -> (u32, u32, Vec<String>) {
     let out = Command::new(pjdfstest_bin())
         .arg("-c")
         .arg(cfg)
         .arg("-p")
         .arg(mnt)
+        .args(cases)
         .current_dir(mnt)
         .output()
         .expect("pjdfstest not found: run scripts/test, or `cargo install --locked pjdfstest --version 0.2.2`");
@@ -107,7 +114,29 @@ fn pjdfstest_passes_at_least_as_many_as_kernel_overlay() {
             &ob.join("m"),
             "",
         );
-        let r = run(&cfg, &ob.join("m"));
+        let mut r = run(&cfg, &ob.join("m"));
+        // A case that fails only here is run once more: one that passes then
+        // is reported as flaky (and tracked), one that fails again counts.
+        let only: Vec<String> =
+            r.2.iter()
+                .filter(|f| !kernel.2.contains(f))
+                .cloned()
+                .collect();
+        if !only.is_empty() {
+            let again = run_cases(&cfg, &ob.join("m"), &only.iter().collect::<Vec<_>>());
+            // Only a retry that really ran the cases can clear them.
+            let ran = (again.0 + again.1) as usize >= only.len();
+            let flaky: Vec<&String> = only
+                .iter()
+                .filter(|c| ran && !again.2.contains(c))
+                .collect();
+            if !flaky.is_empty() {
+                println!("FLAKY (failed once, passed on retry): {flaky:?}");
+                r.0 += flaky.len() as u32;
+                r.1 -= flaky.len() as u32;
+                r.2.retain(|c| !flaky.contains(&c));
+            }
+        }
         let st = o.stop();
         assert!(
             st.map(|s| s.success()).unwrap_or(false),
