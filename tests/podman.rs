@@ -12,6 +12,15 @@ use std::process::{Command, Output};
 
 use common::*;
 
+/// What podman needs on these machines to start containers (SPEC §5).
+const LIMITS: [&str; 5] = [
+    "--network=none",
+    "--ulimit",
+    "nofile=1024:4096",
+    "--ulimit",
+    "nproc=4096:4096",
+];
+
 struct Podman {
     dir: Scratch,
 }
@@ -53,16 +62,8 @@ impl Podman {
     }
 
     fn run(&self, image: &str, script: &str) -> String {
-        let args = [
-            "run",
-            "--rm",
-            "--network=none",
-            "--ulimit",
-            "nofile=1024:4096",
-            "--ulimit",
-            "nproc=4096:4096",
-        ];
-        let mut v: Vec<&str> = args.to_vec();
+        let mut v = vec!["run", "--rm"];
+        v.extend(LIMITS);
         v.extend([image, "sh", "-c", script]);
         String::from_utf8_lossy(&self.cmd(&v).stdout).into_owned()
     }
@@ -144,17 +145,10 @@ fn podman_run_build_commit_on_ovlfuse() {
          RUN echo appended >> /data/a\n",
     )
     .unwrap();
-    p.cmd(&[
-        "build",
-        "--network=none",
-        "--ulimit",
-        "nofile=1024:4096",
-        "--ulimit",
-        "nproc=4096:4096",
-        "-t",
-        "localhost/built",
-        ctx.to_str().unwrap(),
-    ]);
+    let mut v = vec!["build"];
+    v.extend(LIMITS);
+    v.extend(["-t", "localhost/built", ctx.to_str().unwrap()]);
+    p.cmd(&v);
     let out = p.run(
         "localhost/built",
         "cat /data/hard /data/a /data/payload; ls /data/k 2>/dev/null || echo k-gone; \
@@ -166,17 +160,8 @@ fn podman_run_build_commit_on_ovlfuse() {
     );
 
     // A container changes the image, is committed, and a new one sees it.
-    let args = [
-        "run",
-        "--name",
-        "c1",
-        "--network=none",
-        "--ulimit",
-        "nofile=1024:4096",
-        "--ulimit",
-        "nproc=4096:4096",
-    ];
-    let mut v: Vec<&str> = args.to_vec();
+    let mut v = vec!["run", "--name", "c1"];
+    v.extend(LIMITS);
     v.extend([
         "localhost/built",
         "sh",
