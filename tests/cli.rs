@@ -164,6 +164,56 @@ fn validation_errors_are_one_line_and_exit_1() {
         (format!("lowerdir={},timeout=soon", d.s("l1")), "timeout"),
         (format!("lowerdir={},threads=0", d.s("l1")), "threads"),
         (format!("lowerdir={}:", d.s("l1")), "empty layer path"),
+        (format!("lowerdir=:{}", d.s("l1")), "empty layer path"),
+        (
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d.s("l1"),
+                d.s("nou"),
+                d.s("w")
+            ),
+            "upperdir",
+        ),
+        (
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d.s("l1"),
+                d.s("u"),
+                d.s("now")
+            ),
+            "workdir",
+        ),
+        (
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                d.s("l1"),
+                d.s("l1/f"),
+                d.s("w")
+            ),
+            "is not a directory",
+        ),
+        (format!("lowerdir={},xino=sometimes", d.s("l1")), "xino"),
+        (format!("lowerdir={},index=maybe", d.s("l1")), "index"),
+        (format!("lowerdir={},metacopy=2", d.s("l1")), "metacopy"),
+        (
+            format!("lowerdir={},metacopy=on,redirect_dir=off", d.s("l1")),
+            "metacopy",
+        ),
+        (
+            format!("lowerdir={},gidmapping=0:1000:0", d.s("l1")),
+            "gidmapping",
+        ),
+        (
+            format!("lowerdir={},squash_to_uid=root", d.s("l1")),
+            "squash_to_uid",
+        ),
+        (
+            format!("lowerdir={},xattr_permissions=3", d.s("l1")),
+            "xattr_permissions",
+        ),
+        (format!("lowerdir={},threads=many", d.s("l1")), "threads"),
+        (format!("lowerdir={},fsync=sometimes", d.s("l1")), "fsync"),
+        (format!("lowerdir={},upperdir", d.s("l1")), "needs a value"),
     ];
     for (opts, want) in &cases {
         let out = ovlfuse(&["-o", opts, &d.s("m")], &d.s.0);
