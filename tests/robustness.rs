@@ -135,3 +135,70 @@ fn layer_symlinks_never_lead_outside() {
     assert!(u.join("x").is_dir() && !u.join("x").is_symlink());
     assert_eq!(read(&u.join("x/new")).unwrap(), b"inside\n");
 }
+
+/// Corrupt markers give EIO (or fall back) and a log line; the daemon lives.
+#[test]
+fn corrupt_markers_give_errors_not_crashes() {
+    let s = Scratch::new("corrupt");
+    let (l1, l2) = (s.0.join("l1"), s.0.join("l2"));
+    write(&l2.join("d/f"), b"f\n");
+    write(&l2.join("a/b/f"), b"f\n");
+    for d in ["u", "w", "m"] {
+        fs::create_dir_all(s.0.join(d)).unwrap();
+    }
+    fs::create_dir_all(&l1).unwrap();
+    let u = s.0.join("u");
+    // Redirects that are not names or absolute paths.
+    for (dir, v) in [
+        ("bad1", &b"../../etc"[..]),
+        ("bad2", b""),
+        ("bad3", b"a/b"),
+        ("bad4", b"/a/../../x"),
+    ] {
+        fs::create_dir(u.join(dir)).unwrap();
+        set_xattr(&u.join(dir), "trusted.overlay.redirect", v);
+    }
+    // A redirect cycle: each dir points at the other.
+    fs::create_dir(u.join("c1")).unwrap();
+    fs::create_dir(u.join("c2")).unwrap();
+    set_xattr(&u.join("c1"), "trusted.overlay.redirect", b"/c2");
+    set_xattr(&u.join("c2"), "trusted.overlay.redirect", b"/c1");
+    // A truncated origin and a metacopy file without data.
+    write(&u.join("o"), b"o\n");
+    set_xattr(
+        &u.join("o"),
+        "trusted.overlay.origin",
+        &[0, 0xfb, 0x1d, 0, 1, 0, 0],
+    );
+    write(&u.join("meta"), b"");
+    set_xattr(&u.join("meta"), "trusted.overlay.metacopy", b"");
+    let (w, m) = (s.0.join("w"), s.0.join("m"));
+    let mut g = OvlMount::layers(&[l1, l2], Some((&u, &w)), &m, "metacopy=on");
+    for dir in ["bad1", "bad2", "bad3", "bad4"] {
+        let e = fs::symlink_metadata(m.join(dir)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{dir}");
+    }
+    // The cycle resolves to what the layers hold, without looping.
+    assert!(ls(&m.join("c1")).is_ok() && ls(&m.join("c2")).is_ok());
+    assert_eq!(
+        read(&m.join("o")).unwrap(),
+        b"o\n",
+        "a bad origin is ignored"
+    );
+    assert_eq!(
+        fs::symlink_metadata(m.join("meta"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EIO)
+    );
+    // Everything else still works, and the daemon is alive.
+    assert_eq!(read(&m.join("d/f")).unwrap(), b"f\n");
+    fs::write(m.join("new"), b"n").unwrap();
+    let names = ls(&m).unwrap();
+    assert!(
+        names.contains(&"new".to_string()) && names.contains(&"d".to_string()),
+        "{names:?}"
+    );
+    let st = g.stop().unwrap();
+    assert!(st.success(), "daemon exit status {st}");
+}
