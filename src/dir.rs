@@ -509,6 +509,16 @@ impl OvlFs {
         let dpath = join(&self.path_of(newparent)?, newname);
         let (spfd, sname) = self.upper_parent(&spath)?;
         let (dpfd, dname) = self.upper_parent(&dpath)?;
+        // Swaps the two upper entries (RENAME_EXCHANGE).
+        let exchange_upper = || {
+            sys::renameat2(
+                spfd.as_fd(),
+                &sname,
+                dpfd.as_fd(),
+                &dname,
+                sys::RENAME_EXCHANGE,
+            )
+        };
         let samedir = Arc::ptr_eq(parent, newparent);
         // A metacopy file moves like a lower dir: a redirect finds its data.
         let metacopy = |n: &Node| n.state.read().metacopy;
@@ -544,13 +554,7 @@ impl OvlFs {
             if d.is_dir() && !lower_dir(&d) && Self::is_merged_dir(parent) {
                 self.set_opaque(dpfd.as_fd(), &dname)?;
             }
-            sys::renameat2(
-                spfd.as_fd(),
-                &sname,
-                dpfd.as_fd(),
-                &dname,
-                sys::RENAME_EXCHANGE,
-            )?;
+            exchange_upper()?;
             src.rename_alias(parent, name, newparent, newname);
             d.rename_alias(newparent, newname, parent, name);
             return Ok(());
@@ -564,13 +568,7 @@ impl OvlFs {
         }
         match dup {
             Some(d) if src_dir && format::is_whiteout(&d) => {
-                sys::renameat2(
-                    spfd.as_fd(),
-                    &sname,
-                    dpfd.as_fd(),
-                    &dname,
-                    sys::RENAME_EXCHANGE,
-                )?;
+                exchange_upper()?;
                 if !src_needs_wh {
                     sys::unlinkat(spfd.as_fd(), &sname, 0)?;
                 }
