@@ -447,6 +447,9 @@ impl OvlFs {
             return errno(libc::EINVAL);
         }
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        // Lookups and copy-ups resolve paths like any request; the commit,
+        // from the upper paths to the new aliases, runs alone.
+        let paths = self.rename_lock.paths();
         let (src, sst) = self.lookup(parent, name, false)?;
         let dst = match self.lookup(newparent, newname, false) {
             Ok(d) => Some(d),
@@ -505,6 +508,8 @@ impl OvlFs {
             }
             _ => {}
         }
+        drop(paths);
+        let _commit = self.rename_lock.rename();
         let spath = join(&self.path_of(parent)?, name);
         let dpath = join(&self.path_of(newparent)?, newname);
         let (spfd, sname) = self.upper_parent(&spath)?;

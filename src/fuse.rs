@@ -242,6 +242,7 @@ impl Filesystem for OvlFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
         match self.fs.lookup(&p, name, true) {
             // Node id 0: the kernel caches the absence for the entry timeout.
@@ -255,6 +256,7 @@ impl Filesystem for OvlFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let st = tryr!(reply, self.fs.getattr(&n, fh.map(|f| f.0)));
         reply.attr(&self.ttl, &attr(&st));
@@ -278,6 +280,7 @@ impl Filesystem for OvlFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let a = SetAttr {
             mode,
@@ -293,6 +296,7 @@ impl Filesystem for OvlFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let t = tryr!(reply, self.fs.readlink(&n));
         reply.data(&t);
@@ -308,6 +312,7 @@ impl Filesystem for OvlFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
         let obj = if mode & libc::S_IFMT == libc::S_IFREG {
             NewObj::File(mode)
@@ -326,6 +331,7 @@ impl Filesystem for OvlFuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
         self.reply_entry(
             reply,
@@ -335,12 +341,14 @@ impl Filesystem for OvlFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
         tryr!(reply, self.fs.unlink(&p, name));
         reply.ok();
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
         tryr!(reply, self.fs.rmdir(&p, name));
         reply.ok();
@@ -354,6 +362,7 @@ impl Filesystem for OvlFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
         let t = tryr!(reply, sys::cstr(target.as_os_str()).map_err(Errno::from));
         self.reply_entry(
@@ -387,12 +396,14 @@ impl Filesystem for OvlFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let np = tryr!(reply, self.node(newparent));
         self.reply_entry(reply, self.fs.link(&n, &np, newname));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let fh = tryr!(reply, self.fs.open(&n, flags.0));
         match self.start_io(n.ino, fh, |fd| reply.open_backing(fd)) {
@@ -412,6 +423,7 @@ impl Filesystem for OvlFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let data = tryr!(reply, self.fs.read(fh.0, offset, size));
         reply.data(&data);
     }
@@ -428,6 +440,7 @@ impl Filesystem for OvlFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.fs.write(fh.0, offset, data));
         reply.written(n);
     }
@@ -440,6 +453,7 @@ impl Filesystem for OvlFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         reply.ok();
     }
 
@@ -466,11 +480,13 @@ impl Filesystem for OvlFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         tryr!(reply, self.fs.fsync(fh.0, datasync));
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let fh = tryr!(reply, self.fs.opendir(&n));
         reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -484,6 +500,7 @@ impl Filesystem for OvlFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let entries = tryr!(reply, self.fs.readdir(fh.0, offset));
         for (i, en) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -506,6 +523,7 @@ impl Filesystem for OvlFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let entries = tryr!(reply, self.fs.readdir(fh.0, offset));
         let dir = tryr!(reply, self.fs.dir_node(fh.0));
         for (i, en) in entries.iter().enumerate().skip(offset as usize) {
@@ -567,6 +585,7 @@ impl Filesystem for OvlFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         if n.has_upper() && self.fs.fsync_enabled() {
             if let Ok(path) = self.fs.path_of(&n) {
@@ -579,6 +598,7 @@ impl Filesystem for OvlFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _paths = self.fs.rename_lock.paths();
         let s = tryr!(reply, self.fs.statfs());
         reply.statfs(
             s.f_blocks,
@@ -602,30 +622,35 @@ impl Filesystem for OvlFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         tryr!(reply, self.fs.setxattr(&n, name, value, flags));
         reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let v = tryr!(reply, self.fs.getxattr(&n, name));
         reply_xattr(reply, &v, size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let v = tryr!(reply, self.fs.listxattr(&n));
         reply_xattr(reply, &v, size);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         tryr!(reply, self.fs.removexattr(&n, name));
         reply.ok();
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         tryr!(reply, self.fs.access(&n, mask.bits(), req.uid(), req.gid()));
         reply.ok();
@@ -641,6 +666,7 @@ impl Filesystem for OvlFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
         let (node, st, fh) = tryr!(reply, self.fs.create(&p, name, mode, flags, creds(req)));
         let g = Generation(node.generation);
@@ -673,6 +699,7 @@ impl Filesystem for OvlFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         tryr!(reply, self.fs.fallocate(fh.0, offset, length, mode));
         reply.ok();
     }
@@ -686,6 +713,7 @@ impl Filesystem for OvlFuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let off = tryr!(reply, self.fs.lseek(fh.0, offset, whence));
         reply.offset(off);
     }
@@ -703,6 +731,7 @@ impl Filesystem for OvlFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(
             reply,
             self.fs

@@ -15,6 +15,7 @@ pub mod namei;
 pub mod node;
 pub mod ovl;
 pub mod readdir;
+pub mod rename_lock;
 pub mod sys;
 pub mod xattr;
 

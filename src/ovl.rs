@@ -48,6 +48,8 @@ pub struct OvlFs {
     /// Tells the kernel to drop its cached attributes of a node (set by the
     /// FUSE front end; absent when the core runs without a mount).
     pub inval_attr: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Keeps path resolution and rename commits apart.
+    pub rename_lock: crate::rename_lock::RenameLock,
 }
 
 fn io_err(what: &str, path: &std::path::Path, e: io::Error) -> String {
@@ -135,6 +137,7 @@ impl OvlFs {
             xino_bits,
             fs_devs,
             inval_attr: std::sync::OnceLock::new(),
+            rename_lock: Default::default(),
         })
     }
 

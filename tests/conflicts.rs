@@ -1,0 +1,227 @@
+//! Conflicting operations from 8 threads on the same few names: renames
+//! against unlinks, copy-ups (appends), creates, mkdirs, rmdirs and
+//! readdirs. Each thread must finish in bounded time (no deadlock). Every
+//! listing seen on the way must be sane, and the end state must be one the
+//! kernel could reach: every file holds whole records, and kernel overlayfs
+//! mounting the resulting upper shows exactly the tree ovlfuse showed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+const THREADS: usize = 8;
+const OPS: usize = 1000;
+const KINDS: usize = 12;
+const NAMES: [&str; 6] = ["f0", "f1", "f2", "d0", "d1", "n"];
+
+fn build_lower(l: &Path) {
+    for i in 0..3 {
+        write(&l.join(format!("f{i}")), format!("base f{i}\n").as_bytes());
+    }
+    for d in ["d0", "d1"] {
+        write(&l.join(d).join("x"), format!("base {d}/x\n").as_bytes());
+        write(&l.join(d).join("s/z"), format!("base {d}/s/z\n").as_bytes());
+    }
+}
+
+/// A file is whole records: lines that each start as one writer wrote them.
+fn check_records(p: &Path, data: &[u8], when: &str) {
+    let text = String::from_utf8(data.to_vec())
+        .unwrap_or_else(|_| panic!("{when}: {} is not text", p.display()));
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{when}: {} ends in a partial record: {text:?}",
+        p.display()
+    );
+    for line in text.lines() {
+        assert!(
+            line.starts_with("base ") || line.starts_with("new ") || line.starts_with("app "),
+            "{when}: {} has a torn record {line:?} in {text:?}",
+            p.display()
+        );
+    }
+}
+
+fn rng_next(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// A path on the shared names: a top-level name or one level below a dir name.
+fn pick(m: &Path, r: &mut u64) -> PathBuf {
+    let a = NAMES[rng_next(r) as usize % NAMES.len()];
+    match rng_next(r) % 4 {
+        0 => m.join(["d0", "d1"][rng_next(r) as usize % 2]).join(a),
+        _ => m.join(a),
+    }
+}
+
+/// Returns how many operations of each kind succeeded.
+fn worker(m: PathBuf, t: usize, seed: u64) -> [usize; KINDS] {
+    let mut r = seed ^ ((t as u64 + 1) * 0x1000_0001);
+    let mut ok = [0; KINDS];
+    for i in 0..ops() {
+        let p = pick(&m, &mut r);
+        let op = (rng_next(&mut r) % KINDS as u64) as usize;
+        let res = match op {
+            0 => fs::rename(&p, pick(&m, &mut r)),
+            1 => fs::remove_file(&p),
+            2 => fs::remove_dir(&p),
+            3 => fs::remove_dir_all(&p),
+            4 | 5 => append(&p, format!("app {t}-{i}\n").as_bytes()),
+            // Appending, so that a record appended between the create and
+            // the write is not overwritten.
+            6 => fs::OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(&p)
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(format!("new {t}-{i}\n").as_bytes())
+                }),
+            7 => fs::create_dir(&p),
+            8 => fs::hard_link(&p, pick(&m, &mut r)),
+            9 => fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)),
+            _ => {
+                let dir = if p.parent() == Some(&m) { m.clone() } else { p };
+                if let Some(names) = list(&dir, t) {
+                    let mut seen = names.clone();
+                    seen.dedup();
+                    assert_eq!(seen, names, "thread {t}: a name listed twice");
+                    for n in &names {
+                        assert!(!n.starts_with(".wh."), "thread {t}: {n} listed");
+                        if let Ok(data) = fs::read(dir.join(n)) {
+                            check_records(&dir.join(n), &data, &format!("thread {t}"));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        };
+        ok[op] += res.is_ok() as usize;
+    }
+    ok
+}
+
+/// The sorted names in `dir`, or None if it is gone or no dir (as it may
+/// be, with renames and removals racing). Any other error is a bug.
+fn list(dir: &Path, t: usize) -> Option<Vec<String>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).ok()? {
+        match e {
+            Ok(e) => v.push(e.file_name().to_string_lossy().into_owned()),
+            // getdents of a dir removed after it was opened.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
+            Err(e) => panic!("thread {t}: reading {}: {e}", dir.display()),
+        }
+    }
+    v.sort();
+    Some(v)
+}
+
+fn ops() -> usize {
+    std::env::var("OVLFUSE_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(OPS)
+}
+
+fn run(extra: &str) {
+    let seeds: Vec<u64> = std::env::var("OVLFUSE_SEEDS")
+        .ok()
+        .map(|v| (1..=v.parse().unwrap()).collect())
+        .unwrap_or(vec![1, 2]);
+    for seed in seeds {
+        run_seed(extra, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+}
+
+fn run_seed(extra: &str, seed: u64) {
+    let s = Scratch::new("conflicts");
+    let l = s.0.join("l");
+    build_lower(&l);
+    for d in ["u", "w", "m", "wk", "mk"] {
+        fs::create_dir_all(s.0.join(d)).unwrap();
+    }
+    let (u, w, m) = (s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    let lowers = vec![l];
+    let mut g = OvlMount::layers(&lowers, Some((&u, &w)), &m, extra);
+    let (tx, rx) = mpsc::channel();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (mc, tx) = (m.clone(), tx.clone());
+            std::thread::spawn(move || {
+                // A panic is reported at once, not mistaken for a deadlock.
+                let r = std::panic::catch_unwind(|| worker(mc, t, seed));
+                let _ = tx.send(r.map_err(|_| t));
+            })
+        })
+        .collect();
+    let mut ok = [0; KINDS];
+    for _ in 0..THREADS {
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(Ok(n)) => (0..KINDS).for_each(|i| ok[i] += n[i]),
+            Ok(Err(t)) => panic!("[{extra}] thread {t} failed"),
+            Err(_) => {
+                // Unmount first so that stuck threads get errors and exit.
+                g.stop();
+                panic!("[{extra}] a thread did not finish in 180 s: deadlock");
+            }
+        }
+    }
+    eprintln!("[{extra}] seed {seed:x}: successes per op kind {ok:?}");
+    // Every kind of conflict happened, not just failures.
+    assert!(
+        ok.iter().all(|&n| n > 0),
+        "[{extra}] some op never succeeded: {ok:?}"
+    );
+    for h in handles {
+        if let Err(e) = h.join() {
+            std::panic::resume_unwind(e);
+        }
+    }
+    let live = dump_tree(&m);
+    check_files(&m, &live, extra);
+    g.stop();
+    assert_eq!(
+        fs::read_dir(w.join("work")).unwrap().count(),
+        0,
+        "[{extra}] W/work not empty after unmount"
+    );
+    let again = OvlMount::layers(&lowers, Some((&u, &w)), &m, extra);
+    assert_maps_eq(&dump_tree(&m), &live, &format!("[{extra}] after remount"));
+    drop(again);
+    let k = KernelMount::new(&lowers, Some((&u, &s.0.join("wk"))), &s.0.join("mk"), extra);
+    assert_maps_eq(
+        &dump_tree(&k.mnt),
+        &live,
+        &format!("[{extra}] kernel over the upper vs ovlfuse"),
+    );
+}
+
+fn check_files(m: &Path, tree: &BTreeMap<String, String>, extra: &str) {
+    for (rel, d) in tree {
+        if d.starts_with("file ") {
+            let p = m.join(rel);
+            check_records(&p, &fs::read(&p).unwrap(), &format!("[{extra}] end"));
+        }
+    }
+}
+
+#[test]
+fn eight_threads_of_conflicting_ops_default_options() {
+    run("");
+}
+
+#[test]
+fn eight_threads_of_conflicting_ops_redirect_dir_and_index() {
+    run("redirect_dir=on,index=on");
+}
