@@ -92,10 +92,12 @@ fn main() {
     for w in cfg.warnings.drain(..) {
         eprintln!("{w}");
     }
+    // fuser logs every reply the kernel refuses; it refuses the replies to
+    // requests of a client killed meanwhile (ENOENT), which is routine.
     let level = if cli.debug {
         "debug"
     } else {
-        "info,fuser=error"
+        "info,fuser=error,fuser::reply=off"
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let cwd = std::env::current_dir()

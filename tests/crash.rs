@@ -142,3 +142,104 @@ fn sigkill_during_copy_up_rename_and_whiteout_leaves_old_or_new() {
         "kernel over the crashed upper vs ovlfuse",
     );
 }
+
+/// Clients killed (SIGKILL) while their requests are in flight: reads,
+/// appends that copy up large files, copies, listings, tree copies and
+/// removals. The daemon keeps serving, files are whole, and it unmounts
+/// cleanly with W/work empty.
+#[test]
+fn clients_killed_mid_request_leave_the_daemon_serving() {
+    const BIG: usize = 4;
+    let s = Scratch::new("client-kill");
+    let l = s.0.join("l");
+    let big = |i: usize| -> Vec<u8> { (0..24 << 20).map(|j| ((j / 7 + i) % 251) as u8).collect() };
+    for i in 0..BIG {
+        write(&l.join(format!("big{i}")), &big(i));
+    }
+    for d in 0..20 {
+        for f in 0..20 {
+            write(
+                &l.join(format!("t/d{d}/f{f}")),
+                format!("{d}/{f}\n").as_bytes(),
+            );
+        }
+    }
+    for d in ["u", "w", "m", "wk", "mk"] {
+        fs::create_dir_all(s.0.join(d)).unwrap();
+    }
+    let (u, w, m) = (s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    let lowers = vec![l.clone()];
+    let mut g = OvlMount::layers(&lowers, Some((&u, &w)), &m, "");
+    let ms = m.display().to_string();
+    let mut rng: u64 = 0x5DEE_CE66_D1CE_4E5B;
+    let mut running = 0;
+    for iter in 0..40 {
+        let i = iter % BIG;
+        let script = match iter % 5 {
+            0 => format!("exec cat {ms}/big{i} > /dev/null"),
+            // The shell's open of the file does the copy-up.
+            1 => format!("echo NEW >> {ms}/big{i}"),
+            2 => format!("exec cp {ms}/big{i} {ms}/copy{iter}"),
+            3 => format!("exec ls -lR {ms}/t > /dev/null"),
+            _ => format!("cp -r {ms}/t {ms}/t{iter} && rm -rf {ms}/t{iter}"),
+        };
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_micros(rng % 30_000));
+        if c.try_wait().unwrap().is_none() {
+            running += 1;
+        }
+        let _ = c.kill();
+        c.wait().unwrap();
+        let alive = g.child.as_mut().unwrap().try_wait().unwrap();
+        assert!(
+            alive.is_none(),
+            "iteration {iter}: the daemon exited: {alive:?}"
+        );
+        assert_eq!(
+            read(&m.join("t/d3/f4")).unwrap(),
+            b"3/4\n",
+            "iteration {iter}: the mount stopped serving"
+        );
+    }
+    assert!(
+        running >= 20,
+        "only {running} of 40 clients were killed while running"
+    );
+    let check = |root: &Path, when: &str| {
+        for i in 0..BIG {
+            let data = read(&root.join(format!("big{i}"))).unwrap();
+            let old = big(i);
+            assert!(
+                data.len() >= old.len() && data[..old.len()] == old[..],
+                "{when}: big{i} torn"
+            );
+            assert!(
+                data[old.len()..].chunks(4).all(|c| c == b"NEW\n"),
+                "{when}: big{i} has a partial append"
+            );
+        }
+        assert_eq!(ls(&root.join("t")).unwrap().len(), 20, "{when}: t changed");
+    };
+    check(&m, "after the kills");
+    let ours = dump_tree(&m);
+    let st = g.stop().expect("daemon status");
+    assert!(st.success(), "daemon exit after unmount: {st}");
+    assert_eq!(
+        fs::read_dir(w.join("work")).unwrap().count(),
+        0,
+        "W/work not empty"
+    );
+    let k = KernelMount::new(&lowers, Some((&u, &s.0.join("wk"))), &s.0.join("mk"), "");
+    check(&k.mnt, "kernel over the upper");
+    assert_maps_eq(
+        &dump_tree(&k.mnt),
+        &ours,
+        "kernel vs ovlfuse after the kills",
+    );
+}
