@@ -327,6 +327,10 @@ impl OvlFs {
         if self.read_only() {
             return errno(libc::EROFS);
         }
+        // As in rename: the switch of the name to a whiteout (or nothing)
+        // and the alias removal run alone, or a request on this node could
+        // open the whiteout by its old path.
+        let paths = self.rename_lock.paths();
         let (node, st) = self.lookup(parent, name, false)?;
         match (want_dir, is_dir(&st)) {
             (false, true) => return errno(libc::EISDIR),
@@ -352,15 +356,9 @@ impl OvlFs {
         if !want_dir {
             self.index_before_drop(&node, parent, name, &st)?;
         }
-        let path = join(&self.path_of(parent)?, name);
-        let (pfd, cname) = self.upper_parent(&path)?;
-        let upper_st = if node.has_upper() {
-            self.upper()?.try_stat(&path)?
-        } else {
-            None
-        };
-        let in_upper = upper_st.is_some();
         let indexed = node.state.read().nlink;
+        let path = join(&self.path_of(parent)?, name);
+        let in_upper = node.has_upper() && self.upper()?.try_stat(&path)?.is_some();
         if in_upper && !want_dir && node.alias_count() > 1 && indexed.is_none() {
             // Other names may still be lower-only: give one of them the upper
             // inode first, so the data survives this unlink.
@@ -376,6 +374,17 @@ impl OvlFs {
                 self.copy_up_name(&node, op, on, CopyUp::Meta)?;
             }
         }
+        drop(paths);
+        let _commit = self.rename_lock.commit();
+        let path = join(&self.path_of(parent)?, name);
+        let (pfd, cname) = self.upper_parent(&path)?;
+        let upper_st = match in_upper {
+            true => self.upper()?.try_stat(&path)?,
+            false => None,
+        };
+        let pin = upper_st
+            .as_ref()
+            .and_then(|u| self.pin_removed(&node, &pfd, &cname, u));
         if in_upper {
             if needs_whiteout {
                 self.whiteout_over(&pfd, &cname, want_dir)?;
@@ -398,6 +407,7 @@ impl OvlFs {
         if let Some(ust) = upper_st {
             self.forget_upper_ino(&ust);
         }
+        self.keep_pin(&node, pin);
         if let Some(n) = indexed {
             self.store_nlink(&node, n.saturating_sub(1))?;
         }
@@ -419,6 +429,30 @@ impl OvlFs {
             self.copy_up_name(node, parent, name, CopyUp::Data)?;
         }
         Ok(())
+    }
+
+    /// Opens (O_PATH) a pure upper object about to lose its last name while
+    /// the kernel still holds its overlay inode, so that the inode number
+    /// stays taken until the kernel forgets it. Otherwise a new object could
+    /// get the number, and the kernel would either retire its old inode
+    /// (requests under way on it fail with EIO) or, worse, take the new
+    /// object for the old one.
+    fn pin_removed(&self, node: &Node, pfd: &OwnedFd, name: &CStr, ust: &Stat) -> Option<OwnedFd> {
+        let last = is_dir(ust) || ust.st_nlink <= 1;
+        if !last || format::is_whiteout(ust) || node.nlookup() == 0 {
+            return None;
+        }
+        if self.map_ino(0, ust) != node.ino {
+            return None; // A copy-up: the number is the lower's, never reused.
+        }
+        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        sys::open_beneath(pfd.as_fd(), name, flags, 0).ok()
+    }
+
+    fn keep_pin(&self, node: &Node, pin: Option<OwnedFd>) {
+        if let Some(fd) = pin {
+            self.pinned.insert(node.ino, fd);
+        }
     }
 
     /// The upper inode behind `st` lost a name: once it is gone its number
@@ -509,7 +543,7 @@ impl OvlFs {
             _ => {}
         }
         drop(paths);
-        let _commit = self.rename_lock.rename();
+        let _commit = self.rename_lock.commit();
         let spath = join(&self.path_of(parent)?, name);
         let dpath = join(&self.path_of(newparent)?, newname);
         let (spfd, sname) = self.upper_parent(&spath)?;
@@ -566,6 +600,10 @@ impl OvlFs {
         }
         let src_needs_wh = self.lower_positive(parent, name)?;
         let dup = self.upper()?.try_stat(&dpath)?;
+        let pin = match (&dst, &dup) {
+            (Some((d, _)), Some(u)) => self.pin_removed(d, &dpfd, &dname, u),
+            _ => None,
+        };
         // Like the kernel: a pure upper dir moving into a merged dir becomes
         // opaque, so lower entries of its new name can never show through.
         if src_dir && !lower_dir(&src) && Self::is_merged_dir(newparent) {
@@ -597,6 +635,9 @@ impl OvlFs {
         }
         if let Some(ust) = dup.filter(|d| !format::is_whiteout(d)) {
             self.forget_upper_ino(&ust);
+        }
+        if let Some((d, _)) = &dst {
+            self.keep_pin(d, pin);
         }
         if let Some((d, dst_st)) = &dst {
             let counted = d.state.read().nlink;

@@ -252,7 +252,7 @@ impl Filesystem for OvlFuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.nodes.forget(ino.0, nlookup);
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -341,14 +341,14 @@ impl Filesystem for OvlFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _paths = self.fs.rename_lock.paths();
+        // Takes the rename lock itself.
         let p = tryr!(reply, self.node(parent));
         tryr!(reply, self.fs.unlink(&p, name));
         reply.ok();
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _paths = self.fs.rename_lock.paths();
+        // Takes the rename lock itself.
         let p = tryr!(reply, self.node(parent));
         tryr!(reply, self.fs.rmdir(&p, name));
         reply.ok();

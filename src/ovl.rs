@@ -41,6 +41,9 @@ pub struct OvlFs {
     /// Upper inode number -> overlay inode number, for objects copied up
     /// during this mount (their st_ino stays the lower one).
     pub copied: DashMap<u64, u64>,
+    /// Removed pure upper objects the kernel has not forgotten yet, held
+    /// open so that their inode numbers are not reused (dir::pin_removed).
+    pub pinned: DashMap<u64, OwnedFd>,
     /// High bits used for the layer's fs index when layers span filesystems.
     pub xino_bits: u32,
     /// Distinct st_dev values of the layers, upper first: index = fsid.
@@ -134,6 +137,7 @@ impl OvlFs {
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
             copied: DashMap::new(),
+            pinned: DashMap::new(),
             xino_bits,
             fs_devs,
             inval_attr: std::sync::OnceLock::new(),
@@ -165,6 +169,15 @@ impl OvlFs {
     pub fn tmp_name(&self) -> CString {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         CString::new(format!("#ovl{:x}-{:x}", std::process::id(), n)).expect("no NUL")
+    }
+
+    /// The kernel dropped `n` lookups of `ino`; at zero it holds no inode
+    /// of that number any more.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.nodes.forget(ino, n);
+        if self.pinned.contains_key(&ino) && self.nodes.get(ino).is_none_or(|x| x.nlookup() == 0) {
+            self.pinned.remove(&ino);
+        }
     }
 
     pub fn path_of(&self, node: &Node) -> Result<Vec<u8>> {

@@ -1,12 +1,14 @@
 //! The rename lock. Every layer I/O goes by a path built from the node
-//! aliases, and a rename changes the upper dir and the aliases in two steps.
-//! A request that built a path between the two would reach a stale or a
-//! different object. VFS locking does not prevent that here: it does not
-//! lock a dir that is renamed within its parent, nor anything below it.
+//! aliases, and a rename or a removal changes the upper dir and the
+//! aliases in two steps. A request that built a path between the two would
+//! reach a stale or a different object, or the whiteout left behind. VFS
+//! locking does not prevent that here: it does not lock a dir renamed
+//! within its parent, nor anything below it, and an open or getattr of a
+//! file being unlinked takes no lock at all.
 //!
 //! So requests that resolve paths hold one shard shared, and the commit
-//! step of a rename holds every shard exclusively. Shards are picked per
-//! thread, so requests never contend with each other; renames are rare.
+//! step of a rename, unlink or rmdir holds every shard exclusively. Shards
+//! are picked per thread, so requests never contend with each other.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +24,15 @@ pub struct RenameLock {
 /// Held while a request resolves and uses paths.
 pub struct PathGuard<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
 
-/// Held while a rename changes the upper dir and the aliases.
+thread_local!(static HELD: Cell<usize> = const { Cell::new(0) });
+
+impl Drop for PathGuard<'_> {
+    fn drop(&mut self) {
+        HELD.with(|h| h.set(h.get() - 1));
+    }
+}
+
+/// Held while a rename or removal changes the upper dir and the aliases.
 pub struct RenameGuard<'a>(#[allow(dead_code)] Vec<RwLockWriteGuard<'a, ()>>);
 
 fn my_shard() -> usize {
@@ -48,12 +58,18 @@ impl RenameLock {
     /// Recursive, so a request may nest (e.g. readdirplus into lookup)
     /// without deadlocking against a waiting rename.
     pub fn paths(&self) -> PathGuard<'_> {
+        HELD.with(|h| h.set(h.get() + 1));
         PathGuard(self.shards[my_shard()].read_recursive())
     }
 
     /// Waits for requests in flight on other paths, including copy-ups.
     /// Must not be called while this thread holds a PathGuard.
-    pub fn rename(&self) -> RenameGuard<'_> {
+    pub fn commit(&self) -> RenameGuard<'_> {
+        debug_assert_eq!(
+            HELD.with(|h| h.get()),
+            0,
+            "commit under a path guard deadlocks"
+        );
         RenameGuard(self.shards.iter().map(|s| s.write()).collect())
     }
 }
@@ -72,7 +88,7 @@ mod tests {
         let g = l.paths();
         let (l2, c2) = (l.clone(), committing.clone());
         let t = std::thread::spawn(move || {
-            let w = l2.rename();
+            let w = l2.commit();
             c2.store(true, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(50));
             c2.store(false, Ordering::SeqCst);
