@@ -12,6 +12,7 @@ use crate::{errno, OvlFs, Result};
 
 impl OvlFs {
     pub fn getxattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<Vec<u8>> {
+        self.check_xattr_name(name)?;
         if self.hidden_xattr(name) || self.cfg.noxattrs {
             return errno(libc::ENODATA);
         }
@@ -43,6 +44,7 @@ impl OvlFs {
         if self.read_only() {
             return errno(libc::EROFS);
         }
+        self.check_xattr_name(name)?;
         if self.hidden_xattr(name) {
             return errno(libc::EPERM);
         }
@@ -59,6 +61,7 @@ impl OvlFs {
         if self.read_only() {
             return errno(libc::EROFS);
         }
+        self.check_xattr_name(name)?;
         if self.hidden_xattr(name) {
             return errno(libc::ENODATA);
         }
@@ -68,5 +71,14 @@ impl OvlFs {
         let path = self.path_of(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
         Ok(self.upper()?.removexattr(&path, &stored)?)
+    }
+
+    /// The bare overlay prefix names nothing: the kernel's xattr handler for
+    /// it answers EINVAL, where escaping would make it a valid name.
+    fn check_xattr_name(&self, name: &OsStr) -> Result<()> {
+        if name.as_bytes() == self.xn.prefix().as_bytes() {
+            return errno(libc::EINVAL);
+        }
+        Ok(())
     }
 }

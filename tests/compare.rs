@@ -399,6 +399,17 @@ fn links_and_metadata_changes() {
             list_xattr(&m.join("top")),
         )
     });
+    p.both("the bare overlay prefix as an xattr name", |m| {
+        let path = CString::new(m.join("top").as_os_str().as_bytes()).unwrap();
+        let n = c"trusted.overlay.";
+        // SAFETY: valid C strings and buffer.
+        let set = unsafe { libc::lsetxattr(path.as_ptr(), n.as_ptr(), c"1".as_ptr().cast(), 1, 0) };
+        let set = (set, errno());
+        let get = get_xattr(&m.join("top"), "trusted.overlay.");
+        // SAFETY: as above.
+        let rm = unsafe { libc::lremovexattr(path.as_ptr(), n.as_ptr()) };
+        (set, get, (rm, errno()))
+    });
     p.both("removexattr", |m| {
         let path = c(&m.join("xat"));
         // SAFETY: valid C strings.

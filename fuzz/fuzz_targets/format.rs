@@ -11,8 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let name = OsStr::from_bytes(data);
     for userxattr in [false, true] {
         let x = XattrNames::new(userxattr);
-        // What a user may set comes back under the same name.
-        if !x.is_private(name) {
+        // What a user may set comes back under the same name (the bare
+        // prefix is refused with EINVAL, as by the kernel).
+        if !x.is_private(name) && name.as_bytes() != x.prefix().as_bytes() {
             let stored = x.escape(name);
             assert_eq!(x.unescape(&stored).as_deref(), Some(name));
         }
