@@ -206,9 +206,15 @@ impl OvlFs {
             _ => None,
         };
         let ino = if upper {
-            if indexed {
-                if let Some(f) = &fh {
-                    index = Some(Arc::from(f.index_name().as_str()));
+            // Indexed only if W/index holds this very inode under the name of
+            // its origin; otherwise an nlink xattr is stray and ignored.
+            let iname = fh.as_ref().filter(|_| indexed).map(|f| f.index_name());
+            if let (Some(name), Some(ix)) = (iname, self.index_layer()) {
+                if ix
+                    .try_stat(name.as_bytes())?
+                    .is_some_and(|i| i.st_ino == st.st_ino)
+                {
+                    index = Some(Arc::from(name.as_str()));
                     nlink = Some(self.indexed_nlink(self.upper()?, &path, &st, st.st_nlink));
                 }
             }

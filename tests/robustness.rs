@@ -7,6 +7,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::*;
@@ -201,4 +202,71 @@ fn corrupt_markers_give_errors_not_crashes() {
     );
     let st = g.stop().unwrap();
     assert!(st.success(), "daemon exit status {st}");
+}
+
+/// Corrupt hard-link bookkeeping (index=on): a bad `nlink` xattr on the
+/// upper inode and a truncated `origin` on its W/index entry. ovlfuse keeps
+/// serving, never panics, and shows what kernel overlayfs shows over the
+/// same layers, errno for errno.
+#[test]
+fn corrupt_nlink_and_index_origin_match_the_kernel() {
+    let s = Scratch::new("corrupt-index");
+    let l = s.0.join("l");
+    write(&l.join("hl"), b"linked\n");
+    fs::hard_link(l.join("hl"), l.join("hl2")).unwrap();
+    write(&l.join("plain"), b"plain\n");
+    for d in ["u", "w", "m", "wk", "mk"] {
+        fs::create_dir_all(s.0.join(d)).unwrap();
+    }
+    let (u, w, m) = (s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    let lowers = vec![l.clone()];
+    {
+        let _g = OvlMount::layers(&lowers, Some((&u, &w)), &m, "index=on");
+        append(&m.join("hl"), b"more\n").unwrap();
+        append(&m.join("plain"), b"more\n").unwrap();
+    }
+    let index: Vec<_> = fs::read_dir(w.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(index.len(), 1, "one index entry for hl: {index:?}");
+    set_xattr(&index[0], "trusted.overlay.origin", &[0, 0xfb, 0x15, 0]);
+    set_xattr(&u.join("hl"), "trusted.overlay.nlink", b"garbage");
+    set_xattr(
+        &u.join("plain"),
+        "trusted.overlay.nlink",
+        b"U-99999999999999999999",
+    );
+    // What each name shows: errno or (nlink, content).
+    let view = |m: &Path| -> Vec<String> {
+        ["hl", "hl2", "plain"]
+            .iter()
+            .map(|n| match fs::symlink_metadata(m.join(n)) {
+                Err(e) => format!("{n}: errno {}", e.raw_os_error().unwrap_or(0)),
+                Ok(md) => format!(
+                    "{n}: nlink {} {}",
+                    md.nlink(),
+                    res(fs::read(m.join(n))).replace("ok", "read ok")
+                ),
+            })
+            .collect()
+    };
+    let mut g = OvlMount::layers(&lowers, Some((&u, &w)), &m, "index=on");
+    let ours = view(&m);
+    fs::write(m.join("new"), b"n").unwrap();
+    assert_eq!(read(&m.join("new")).unwrap(), b"n");
+    let st = g.stop().unwrap();
+    assert!(st.success(), "daemon exit status {st}");
+    fs::remove_file(u.join("new")).unwrap();
+    let k = KernelMount::new(
+        &lowers,
+        Some((&u, &s.0.join("wk"))),
+        &s.0.join("mk"),
+        "index=on",
+    );
+    assert_eq!(
+        ours,
+        view(&k.mnt),
+        "ovlfuse vs kernel over the corrupt layers"
+    );
 }
