@@ -54,6 +54,10 @@ impl OvlFs {
         if self.read_only() {
             return errno(libc::EROFS);
         }
+        if self.aufs_whiteouts && format::is_aufs_name(name) {
+            // Such a name would act as a whiteout in this upper.
+            return errno(libc::EINVAL);
+        }
         let parent_had_upper = parent.has_upper();
         let mut over_whiteout = false;
         if self
@@ -166,7 +170,7 @@ impl OvlFs {
         let parent_merged = !parent.state.read().lowers.is_empty();
         let opaque =
             dir && (over_whiteout || (parent_merged && self.cfg.redirect_dir == RedirectDir::On));
-        if over_whiteout {
+        if over_whiteout && !self.aufs_whiteouts {
             let work = self.work()?;
             let tmp = self.tmp_name();
             let build = || -> Result<()> {
@@ -209,6 +213,9 @@ impl OvlFs {
                     if dir { libc::AT_REMOVEDIR } else { 0 },
                 );
                 return Err(e);
+            }
+            if over_whiteout {
+                self.drop_aufs_whiteout(&pfd, &cname)?;
             }
         }
         self.intern_new(parent, name, &pfd, &cname)
@@ -268,7 +275,10 @@ impl OvlFs {
         let upper = self.upper()?;
         let src = to_c(&self.path_of(node)?)?;
         let (pfd, cname) = self.upper_parent(&path)?;
-        if over_whiteout {
+        if over_whiteout && self.aufs_whiteouts {
+            sys::linkat(upper.fd(), &src, pfd.as_fd(), &cname, 0)?;
+            self.drop_aufs_whiteout(&pfd, &cname)?;
+        } else if over_whiteout {
             let work = self.work()?;
             let tmp = self.tmp_name();
             sys::linkat(upper.fd(), &src, work.as_fd(), &tmp, 0)?;
@@ -297,22 +307,6 @@ impl OvlFs {
         }
         let st = self.getattr(&n, None)?;
         Ok((n, st))
-    }
-
-    /// Replaces the upper entry `name` of `pfd` by a whiteout, atomically.
-    fn whiteout_over(&self, pfd: &OwnedFd, cname: &CStr, is_dir: bool) -> Result<()> {
-        let work = self.work()?;
-        let tmp = self.make_whiteout_tmp()?;
-        let flags = if is_dir { sys::RENAME_EXCHANGE } else { 0 };
-        if let Err(e) = sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), cname, flags) {
-            remove_tmp(work, &tmp);
-            return Err(e.into());
-        }
-        if is_dir {
-            // The old dir (now at tmp) holds only whiteouts.
-            remove_tmp(work, &tmp);
-        }
-        Ok(())
     }
 
     pub fn unlink(&self, parent: &Arc<Node>, name: &OsStr) -> Result<()> {
@@ -402,7 +396,7 @@ impl OvlFs {
                 sys::unlinkat(pfd.as_fd(), &cname, 0)?;
             }
         } else {
-            sys::mknodat(pfd.as_fd(), &cname, libc::S_IFCHR, 0)?;
+            self.create_whiteout(&pfd, &cname)?;
         }
         if let Some(ust) = upper_st {
             self.forget_upper_ino(&ust);
@@ -740,35 +734,5 @@ impl OvlFs {
             }
         }
         Ok(())
-    }
-
-    /// rename that leaves a whiteout at the source when asked.
-    fn rename_whiteout(
-        &self,
-        spfd: &OwnedFd,
-        sname: &CStr,
-        dpfd: &OwnedFd,
-        dname: &CStr,
-        whiteout: bool,
-    ) -> Result<()> {
-        if !whiteout {
-            sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, 0)?;
-            return Ok(());
-        }
-        match sys::renameat2(
-            spfd.as_fd(),
-            sname,
-            dpfd.as_fd(),
-            dname,
-            sys::RENAME_WHITEOUT,
-        ) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, 0)?;
-                sys::mknodat(spfd.as_fd(), sname, libc::S_IFCHR, 0)?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 }

@@ -17,6 +17,7 @@ pub mod ovl;
 pub mod readdir;
 pub mod rename_lock;
 pub mod sys;
+pub mod whiteout;
 pub mod xattr;
 
 pub use ovl::OvlFs;

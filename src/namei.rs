@@ -61,7 +61,20 @@ impl OvlFs {
             .collect();
         if parent.has_upper() {
             let u = self.upper()?;
-            if let Some(st) = u.try_stat(&path)? {
+            // The upper's `.wh.` files are markers, never entries; one
+            // hides the lower names (an upper entry of the name wins).
+            if self.aufs_whiteouts && format::is_aufs_name(name) {
+                return Ok(None);
+            }
+            let ust = u.try_stat(&path)?;
+            if ust.is_none() && self.aufs_whiteouts {
+                let wh = join(&ppath, &format::aufs_whiteout_name(name));
+                if u.try_stat(&wh)?.is_some() {
+                    *upper_whiteout = true;
+                    return Ok(None);
+                }
+            }
+            if let Some(st) = ust {
                 if format::is_whiteout(&st) {
                     *upper_whiteout = true;
                     return Ok(None);

@@ -1,7 +1,7 @@
 //! The mounted overlay (the kernel's `struct ovl_fs`): layers, work dir,
 //! private xattr names, the node table and the open handles.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -44,6 +44,9 @@ pub struct OvlFs {
     /// Removed pure upper objects the kernel has not forgotten yet, held
     /// open so that their inode numbers are not reused (dir::pin_removed).
     pub pinned: DashMap<u64, OwnedFd>,
+    /// Whiteouts in the upper are AUFS `.wh.NAME` files: the upper refuses
+    /// char 0/0 devices (see aufs_whiteouts_needed).
+    pub aufs_whiteouts: bool,
     /// High bits used for the layer's fs index when layers span filesystems.
     pub xino_bits: u32,
     /// Distinct st_dev values of the layers, upper first: index = fsid.
@@ -72,6 +75,7 @@ impl OvlFs {
         let mut upper = None;
         let mut work = None;
         let mut index = None;
+        let mut aufs_whiteouts = false;
         if let (Some(u), Some(w)) = (&cfg.upper, &cfg.work) {
             let ul = Layer::open(u, 0, false).map_err(|e| io_err("upperdir", u, e))?;
             let wl = Layer::open(w, 0, false).map_err(|e| io_err("workdir", w, e))?;
@@ -80,6 +84,8 @@ impl OvlFs {
                 info!("trusted.* xattrs cannot be written on the upper filesystem; using user.overlay.* (userxattr)");
                 cfg.userxattr = true;
             }
+            aufs_whiteouts =
+                aufs_whiteouts_needed(&wl, &wfd).map_err(|e| io_err("workdir", w, e))?;
             if cfg.index {
                 let ip = w.join("index");
                 index = Some(Layer::open(&ip, 0, false).map_err(|e| io_err("workdir", &ip, e))?);
@@ -138,6 +144,7 @@ impl OvlFs {
             tmp_seq: AtomicU64::new(0),
             copied: DashMap::new(),
             pinned: DashMap::new(),
+            aufs_whiteouts,
             xino_bits,
             fs_devs,
             inval_attr: std::sync::OnceLock::new(),
@@ -365,6 +372,40 @@ pub fn clean_dir(dir: &OwnedFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Marks a workdir whose upper holds `.wh.NAME` whiteouts, so that later
+/// mounts keep reading and writing them even where mknod would work.
+const AUFS_MARK: &CStr = c"ovlfuse-aufs-whiteouts";
+
+/// Whether whiteouts must be `.wh.NAME` files: the upper was written so
+/// before, or creating a char 0/0 device in W/work is refused (seccomp,
+/// some filesystems). Logged once, as fuse-overlayfs users expect.
+fn aufs_whiteouts_needed(w: &Layer, work: &OwnedFd) -> io::Result<bool> {
+    if sys::fstatat(w.fd(), AUFS_MARK).is_ok() {
+        info!("this upper layer holds .wh.NAME whiteouts (workdir marked so): keeping them");
+        return Ok(true);
+    }
+    let probe = c"ovlfuse-whiteout-probe";
+    match sys::mknodat(work.as_fd(), probe, libc::S_IFCHR, 0) {
+        Ok(()) => {
+            sys::unlinkat(work.as_fd(), probe, 0)?;
+            Ok(false)
+        }
+        Err(e) => {
+            info!(
+                "whiteout devices cannot be created in the upper layer ({}): using .wh.NAME files, which kernel overlayfs does not read",
+                crate::config::io_msg(&e)
+            );
+            drop(sys::openat(
+                w.fd(),
+                AUFS_MARK,
+                libc::O_CREAT | libc::O_WRONLY,
+                0o600,
+            )?);
+            Ok(true)
+        }
+    }
 }
 
 fn trusted_xattrs_work(work: &OwnedFd) -> bool {

@@ -50,6 +50,12 @@ impl OvlFs {
             // the origin's, as st_ino is (the kernel does the same).
             let impure = u.try_getxattr(&path, &self.xn.impure)?.is_some();
             for (name, ino, dtype) in u.read_dir(&path)? {
+                if self.aufs_whiteouts && format::is_aufs_name(&name) {
+                    if let Some(t) = format::aufs_whiteout_target(&name) {
+                        seen.insert(t.to_os_string());
+                    }
+                    continue;
+                }
                 seen.insert(name.clone());
                 if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
                     let st = u.stat(&join(&path, &name))?;

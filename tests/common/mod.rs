@@ -131,12 +131,15 @@ pub struct OvlMount {
 
 impl OvlMount {
     pub fn new(opts: &str, mnt: &Path) -> OvlMount {
-        let child = Command::new(bin())
-            .args(["-f", "-o", opts])
-            .arg(mnt)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn ovlfuse");
+        OvlMount::new_with(opts, mnt, |_| {})
+    }
+
+    /// As new, with `f` adjusting the command first (e.g. a pre_exec hook).
+    pub fn new_with(opts: &str, mnt: &Path, f: impl FnOnce(&mut Command)) -> OvlMount {
+        let mut cmd = Command::new(bin());
+        cmd.args(["-f", "-o", opts]).arg(mnt).stdin(Stdio::null());
+        f(&mut cmd);
+        let child = cmd.spawn().expect("spawn ovlfuse");
         let mut m = OvlMount {
             mnt: mnt.to_path_buf(),
             child: Some(child),
