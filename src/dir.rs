@@ -43,6 +43,13 @@ pub enum NewObj<'a> {
     Symlink(&'a CStr),
 }
 
+/// A removed object held open until the kernel forgets it (pin_removed).
+struct Pin {
+    fd: OwnedFd,
+    /// A regular file nobody has open: its data goes at once.
+    truncate: bool,
+}
+
 fn is_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
@@ -425,13 +432,14 @@ impl OvlFs {
         Ok(())
     }
 
-    /// Opens (O_PATH) a pure upper object about to lose its last name while
+    /// Holds a pure upper object that is about to lose its last name while
     /// the kernel still holds its overlay inode, so that the inode number
     /// stays taken until the kernel forgets it. Otherwise a new object could
-    /// get the number, and the kernel would either retire its old inode
-    /// (requests under way on it fail with EIO) or, worse, take the new
-    /// object for the old one.
-    fn pin_removed(&self, node: &Node, pfd: &OwnedFd, name: &CStr, ust: &Stat) -> Option<OwnedFd> {
+    /// get the number, and the kernel would retire its old inode: requests
+    /// still under way on it would fail with EIO. An open file already
+    /// holds it; an unopened regular file is held by a writable fd and
+    /// truncated once unlinked (keep_pin), so its space is freed at once.
+    fn pin_removed(&self, node: &Node, pfd: &OwnedFd, name: &CStr, ust: &Stat) -> Option<Pin> {
         let last = is_dir(ust) || ust.st_nlink <= 1;
         if !last || format::is_whiteout(ust) || node.nlookup() == 0 {
             return None;
@@ -439,13 +447,26 @@ impl OvlFs {
         if self.map_ino(0, ust) != node.ino {
             return None; // A copy-up: the number is the lower's, never reused.
         }
-        let flags = libc::O_PATH | libc::O_NOFOLLOW;
-        sys::open_beneath(pfd.as_fd(), name, flags, 0).ok()
+        // Open files may keep reading it: then it is kept whole, as the
+        // kernel keeps an unlinked file that is open.
+        let open = node.opens.load(std::sync::atomic::Ordering::Acquire) > 0;
+        let truncate = ust.st_mode & libc::S_IFMT == libc::S_IFREG && !open;
+        let flags = match truncate {
+            true => libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW,
+            false => libc::O_PATH | libc::O_NOFOLLOW,
+        };
+        let fd = sys::open_beneath(pfd.as_fd(), name, flags, 0).ok()?;
+        Some(Pin { fd, truncate })
     }
 
-    fn keep_pin(&self, node: &Node, pin: Option<OwnedFd>) {
-        if let Some(fd) = pin {
-            self.pinned.insert(node.ino, fd);
+    /// After the removal: keeps the pin until the kernel forgets the node.
+    fn keep_pin(&self, node: &Node, pin: Option<Pin>) {
+        if let Some(p) = pin {
+            if p.truncate {
+                // Nobody has it open (checked under the rename lock).
+                let _ = sys::ftruncate(p.fd.as_fd(), 0);
+            }
+            self.pinned.insert(node.ino, p.fd);
         }
     }
 

@@ -24,6 +24,12 @@ pub struct OpenFile {
     on_upper: AtomicBool,
 }
 
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        self.node.opens.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl OpenFile {
     pub fn fd(&self) -> Arc<OwnedFd> {
         self.fd.read().clone()
@@ -88,6 +94,7 @@ impl OvlFs {
 
     fn add_file(&self, node: &Arc<Node>, fd: OwnedFd, flags: i32) -> u64 {
         let fh = self.next_fh();
+        node.opens.fetch_add(1, Ordering::AcqRel);
         let f = OpenFile {
             node: node.clone(),
             fd: RwLock::new(Arc::new(fd)),

@@ -7,7 +7,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -56,6 +56,8 @@ pub struct Node {
     pub state: RwLock<NodeState>,
     /// Serialises copy-up of this object only.
     pub copy_up_lock: Mutex<()>,
+    /// Open files (each holds an fd of the real object).
+    pub opens: AtomicU32,
 }
 
 impl Node {
@@ -68,6 +70,7 @@ impl Node {
             upper: AtomicBool::new(upper),
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
+            opens: AtomicU32::new(0),
         }
     }
 
