@@ -2,7 +2,9 @@
 //! import a busybox image, run, build in several steps (deletions, chmod, a
 //! dir rename, hard links, then an append in a later step), commit, and see
 //! every change, through both names of the hard link, in new containers.
-//! scripts/deps installs podman, runc and busybox-static.
+//! The same flow runs as root and as rootless podman of a throwaway non-root
+//! user (created, given /dev/fuse, and removed by the test).
+//! scripts/deps installs podman, runc, uidmap and busybox-static.
 
 mod common;
 
@@ -23,19 +25,54 @@ const LIMITS: [&str; 5] = [
 
 struct Podman {
     dir: Scratch,
+    /// Rootless: podman runs as this user (see RootlessUser).
+    user: Option<&'static str>,
 }
 
 impl Podman {
     fn new() -> Podman {
         let dir = Scratch::new("podman");
-        Podman { dir }
+        Podman { dir, user: None }
+    }
+
+    /// Podman run by `user`, on a scratch dir it owns, with its own copy of
+    /// ovlfuse (the build dir may not be readable to it).
+    fn rootless(user: &RootlessUser) -> Podman {
+        let dir = Scratch::new("podman-rootless");
+        fs::copy(bin(), dir.0.join("ovlfuse")).unwrap();
+        fs::create_dir_all(dir.0.join("xdg")).unwrap();
+        let st = Command::new("chown")
+            .args(["-R", user.name])
+            .arg(&dir.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Podman {
+            dir,
+            user: Some(user.name),
+        }
     }
 
     fn cmd(&self, args: &[&str]) -> Output {
         let root = self.dir.0.join("root");
         let runroot = self.dir.0.join("runroot");
-        let mp = format!("overlay.mount_program={}", bin());
-        let out = Command::new("podman")
+        let (mut c, program) = match self.user {
+            None => (Command::new("podman"), bin().to_string()),
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--", "env"])
+                    .arg(format!(
+                        "XDG_RUNTIME_DIR={}",
+                        self.dir.0.join("xdg").display()
+                    ))
+                    .arg(format!("HOME=/home/{u}"))
+                    .arg("podman")
+                    .current_dir(&self.dir.0);
+                (c, self.dir.0.join("ovlfuse").display().to_string())
+            }
+        };
+        let mp = format!("overlay.mount_program={program}");
+        let out = c
             .arg("--root")
             .arg(&root)
             .arg("--runroot")
@@ -115,7 +152,39 @@ fn busybox_tar(dir: &Path) -> PathBuf {
 
 #[test]
 fn podman_run_build_commit_on_ovlfuse() {
-    let p = Podman::new();
+    flow(&Podman::new());
+}
+
+/// The same flow with rootless podman as a non-root user, in its user
+/// namespace: ovlfuse runs there unprivileged (user.overlay.* xattrs,
+/// userspace I/O where passthrough is refused).
+#[test]
+fn rootless_podman_run_build_commit_on_ovlfuse() {
+    let user =
+        RootlessUser::new().unwrap_or_else(|why| panic!("rootless podman cannot run: {why}"));
+    let p = Podman::rootless(&user);
+    flow(&p);
+    // The container's root is ovlfuse, mounted inside the user's namespace.
+    let out = p.run(
+        "localhost/bb",
+        "cat /proc/self/mountinfo /proc/self/uid_map",
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" / / ") && l.contains(" - fuse ovlfuse ")),
+        "{out}"
+    );
+    let uid = user.uid.to_string();
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", &uid, "1"]),
+        "container root is not the user: {out}"
+    );
+    drop(p);
+    drop(user);
+}
+
+fn flow(p: &Podman) {
     let tar = busybox_tar(&p.dir.0);
     p.cmd(&["import", tar.to_str().unwrap(), "localhost/bb:latest"]);
 
@@ -179,4 +248,102 @@ fn podman_run_build_commit_on_ovlfuse() {
         out, "base\nappended\nmore\nbase\nappended\nmore\nn\n",
         "{out}"
     );
+}
+
+/// A throwaway non-root user with subordinate ids, allowed to open
+/// /dev/fuse (mode 0600 here) while it exists. Drop ends its processes
+/// (podman's pause process), restores /dev/fuse and deletes the user.
+struct RootlessUser {
+    name: &'static str,
+    uid: u32,
+    fuse_mode: u32,
+}
+
+impl RootlessUser {
+    fn new() -> Result<RootlessUser, String> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let name = "ovlfuse-rootless";
+        let run = |c: &mut Command| -> Result<String, String> {
+            let o = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+            if !o.status.success() {
+                return Err(format!("{c:?}: {}", String::from_utf8_lossy(&o.stderr)));
+            }
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        if Command::new("id")
+            .arg(name)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            // Left by an interrupted run.
+            let _ = Command::new("userdel").args(["-r", name]).output();
+        }
+        for tool in ["newuidmap", "newgidmap", "runuser", "useradd"] {
+            run(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+                .map_err(|_| format!("{tool} is missing (uidmap, util-linux, passwd)"))?;
+        }
+        run(Command::new("useradd").args(["-m", "-s", "/bin/sh", name]))?;
+        let uid: u32 = run(Command::new("id").args(["-u", name]))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("id -u: {e}"))?;
+        let fuse_mode = fs::metadata("/dev/fuse")
+            .map_err(|e| format!("/dev/fuse: {e}"))?
+            .mode()
+            & 0o7777;
+        let u = RootlessUser {
+            name,
+            uid,
+            fuse_mode,
+        };
+        for f in ["/etc/subuid", "/etc/subgid"] {
+            let has = fs::read_to_string(f).unwrap_or_default();
+            if !has.lines().any(|l| l.starts_with(&format!("{name}:"))) {
+                let line = format!("{has}{name}:300000:65536\n");
+                fs::write(f, line).map_err(|e| format!("{f}: {e}"))?;
+            }
+        }
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666))
+            .map_err(|e| format!("chmod /dev/fuse: {e}"))?;
+        Ok(u)
+    }
+}
+
+impl Drop for RootlessUser {
+    fn drop(&mut self) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // Every process of this user was started by this test.
+        for _ in 0..50 {
+            let pids: Vec<i32> = fs::read_dir("/proc")
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                        .filter(|p| {
+                            fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == self.uid)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                // SAFETY: plain kill(2) of a process of our throwaway user.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.fuse_mode));
+        let _ = Command::new("userdel").args(["-r", self.name]).output();
+        for f in ["/etc/subuid", "/etc/subgid"] {
+            if let Ok(s) = fs::read_to_string(f) {
+                let kept: String = s
+                    .lines()
+                    .filter(|l| !l.starts_with(&format!("{}:", self.name)))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                let _ = fs::write(f, kept);
+            }
+        }
+    }
 }
