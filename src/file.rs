@@ -133,6 +133,8 @@ impl OvlFs {
     /// The fd to use now: reopens on the upper copy once one exists.
     fn current_fd(&self, f: &OpenFile) -> Result<Arc<OwnedFd>> {
         if !f.on_upper.load(Ordering::Acquire) && data_in_upper(&f.node) {
+            // Only this reopen builds a path: fd I/O holds no rename lock.
+            let _paths = self.rename_lock.paths();
             let path = self.path_of(&f.node)?;
             let fd = self.upper()?.open_file(&path, f.flags, 0)?;
             *f.fd.write() = Arc::new(fd);

@@ -423,7 +423,6 @@ impl Filesystem for OvlFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _paths = self.fs.rename_lock.paths();
         let data = tryr!(reply, self.fs.read(fh.0, offset, size));
         reply.data(&data);
     }
@@ -440,7 +439,6 @@ impl Filesystem for OvlFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.fs.write(fh.0, offset, data));
         reply.written(n);
     }
@@ -453,7 +451,6 @@ impl Filesystem for OvlFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _paths = self.fs.rename_lock.paths();
         reply.ok();
     }
 
@@ -480,13 +477,11 @@ impl Filesystem for OvlFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _paths = self.fs.rename_lock.paths();
         tryr!(reply, self.fs.fsync(fh.0, datasync));
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let fh = tryr!(reply, self.fs.opendir(&n));
         reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -598,7 +593,6 @@ impl Filesystem for OvlFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _paths = self.fs.rename_lock.paths();
         let s = tryr!(reply, self.fs.statfs());
         reply.statfs(
             s.f_blocks,
@@ -699,7 +693,6 @@ impl Filesystem for OvlFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _paths = self.fs.rename_lock.paths();
         tryr!(reply, self.fs.fallocate(fh.0, offset, length, mode));
         reply.ok();
     }
@@ -713,7 +706,6 @@ impl Filesystem for OvlFuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _paths = self.fs.rename_lock.paths();
         let off = tryr!(reply, self.fs.lseek(fh.0, offset, whence));
         reply.offset(off);
     }
@@ -731,7 +723,6 @@ impl Filesystem for OvlFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(
             reply,
             self.fs

@@ -28,21 +28,28 @@ echo "after-remount=$(ls m | tr '\n' ' ')|$(ls m/d)"
 stop
 "#;
 
-#[test]
-fn user_namespace_picks_user_xattrs_and_reads_them_back() {
-    let s = Scratch::new("userns");
+/// Runs `script` (args: a scratch dir, the ovlfuse binary) under
+/// `unshare -rm`; returns its stdout, which must end in success.
+fn run_in_userns(tag: &str, script: &str) -> String {
+    let s = Scratch::new(tag);
     let out = Command::new("unshare")
-        .args(["-rm", "sh", "-c", SCRIPT, "sh"])
+        .args(["-rm", "sh", "-c", script, "sh"])
         .arg(&s.0)
         .arg(bin())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "script failed: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn user_namespace_picks_user_xattrs_and_reads_them_back() {
+    let text = run_in_userns("userns", SCRIPT);
     assert!(text.contains("opaque=y"), "{text}");
     assert!(text.contains("trusted=0"), "{text}");
     assert!(
@@ -94,19 +101,7 @@ umount o/m; wait $PID; umount k/m
 
 #[test]
 fn operation_mix_in_a_user_namespace_matches_the_kernel() {
-    let s = Scratch::new("userns-mix");
-    let out = Command::new("unshare")
-        .args(["-rm", "sh", "-c", MIX, "sh"])
-        .arg(&s.0)
-        .arg(bin())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "script failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_in_userns("userns-mix", MIX);
     assert!(
         text.contains("SAME\n") && !text.contains("DIFFERENT"),
         "{text}"
