@@ -381,7 +381,11 @@ impl Config {
         if self.metacopy && matches!(self.redirect_dir, RedirectDir::Off | RedirectDir::NoFollow) {
             return err("metacopy=on needs redirect_dir=on or follow: drop one of the two options");
         }
-        let mnt = canonical_dir(cwd, mountpoint, "mountpoint")?;
+        // `/dev/fd/N`: a connection mounted by a helper; no dir to check.
+        let mnt = match crate::mount::fd_mountpoint(mountpoint) {
+            Some(_) => mountpoint.to_path_buf(),
+            None => canonical_dir(cwd, mountpoint, "mountpoint")?,
+        };
         for l in &mut self.lowers {
             l.path = canonical_dir(cwd, &l.path, "lowerdir")?;
             if l.path.starts_with(&mnt) {

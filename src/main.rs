@@ -1,16 +1,16 @@
 //! The `ovlfuse` command: parse options, validate layers, mount, then serve
 //! in the background (or the foreground with -f) until unmounted.
 
-use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::sync::Arc;
 
 use clap::Parser;
-use fuser::{MountOption, SessionACL};
+use fuser::SessionACL;
 
 use ovlfuse::config::Config;
 use ovlfuse::fuse::OvlFuse;
+use ovlfuse::mount::{self, MountArgs};
 use ovlfuse::{sys, OvlFs};
 
 const LONG_HELP: &str = "\
@@ -78,11 +78,19 @@ fn main() {
         Some(m) => m.clone(),
         None => die("no mountpoint given: ovlfuse -o lowerdir=A,upperdir=U,workdir=W MOUNTPOINT"),
     };
-    let source = if cli.args.len() == 2 {
-        cli.args[0].to_string_lossy().into_owned()
-    } else {
-        "ovlfuse".into()
-    };
+    let source = (cli.args.len() == 2).then(|| cli.args[0].to_string_lossy().into_owned());
+    // libfuse names the subtype after the program: installed as
+    // fuse-overlayfs, the mount shows as fuse.fuse-overlayfs.
+    let prog = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .filter(|n| !n.is_empty() && !n.contains(','))
+        .unwrap_or_else(|| "ovlfuse".into());
+    let fd_mount = mount::fd_mountpoint(&mountpoint);
     let mut cfg = Config::default();
     for o in &cli.options {
         if let Err(e) = cfg.apply_options(o) {
@@ -107,33 +115,19 @@ fn main() {
 
     let root = sys::geteuid() == 0;
     let f = cfg.fuse.clone();
-    let mut opts = vec![
-        MountOption::FSName(source),
-        MountOption::Subtype("ovlfuse".into()),
-    ];
-    if f.default_permissions || root {
-        opts.push(MountOption::DefaultPermissions);
-    }
-    if f.ro || cfg.upper.is_none() {
-        opts.push(MountOption::RO);
-    }
-    opts.push(if f.nosuid.unwrap_or(!root) {
-        MountOption::NoSuid
-    } else {
-        MountOption::Suid
-    });
-    opts.push(if f.nodev.unwrap_or(!root) {
-        MountOption::NoDev
-    } else {
-        MountOption::Dev
-    });
-    if f.noexec {
-        opts.push(MountOption::NoExec);
-    }
-    if f.noatime {
-        opts.push(MountOption::NoAtime);
-    }
-    let acl = if f.allow_other || root {
+    let margs = MountArgs {
+        source: source.unwrap_or_else(|| prog.clone()),
+        subtype: prog,
+        ro: f.ro || cfg.upper.is_none(),
+        nosuid: f.nosuid.unwrap_or(!root),
+        nodev: f.nodev.unwrap_or(!root),
+        noexec: f.noexec,
+        noatime: f.noatime,
+        default_permissions: f.default_permissions || root,
+        allow_other: f.allow_other || root,
+        allow_root: f.allow_root,
+    };
+    let acl = if margs.allow_other {
         SessionACL::All
     } else if f.allow_root {
         SessionACL::RootAndOwner
@@ -141,7 +135,6 @@ fn main() {
         SessionACL::Owner
     };
     let mut fcfg = fuser::Config::default();
-    fcfg.mount_options = opts;
     fcfg.acl = acl;
     fcfg.n_threads = Some(cfg.threads);
     fcfg.clone_fd = true;
@@ -150,14 +143,27 @@ fn main() {
     let core = fs.clone();
     let foreground = cli.foreground || cli.debug;
     // The mount is made and the FUSE handshake done before we detach, so the
-    // starting process returns only once the mount is live.
-    let mut session = fuser::Session::new(OvlFuse::new(fs), &mnt, &fcfg)
-        .unwrap_or_else(|e| die(format!("cannot mount on {}: {e}", mnt.display())));
+    // starting process returns only once the mount is live. ovlfuse mounts
+    // and unmounts itself (fuser would unmount by path when the connection
+    // ends, which can hit the next mount at that path).
+    let made = match fd_mount {
+        Some(n) => mount::adopt(n),
+        None => mount::mount(&mnt, &margs),
+    };
+    let (dev, fmount) =
+        made.unwrap_or_else(|e| die(format!("cannot mount on {}: {e}", mnt.display())));
+    let session = fuser::Session::from_fd(OvlFuse::new(fs), dev, acl, fcfg);
+    let session = session.unwrap_or_else(|e| {
+        fmount.unmount();
+        die(format!("cannot mount on {}: {e}", mnt.display()))
+    });
     let notifier = session.notifier();
     let _ = core.inval_attr.set(Box::new(move |ino| {
         let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
     }));
     drop(core);
+    // Paths are resolved; a daemon keeps no directory busy.
+    sys::mount::chdir_root();
     if !foreground {
         match sys::fork() {
             Ok(0) => {
@@ -168,12 +174,16 @@ fn main() {
             Err(e) => die(format!("cannot fork: {e}")),
         }
     }
-    let mut unmounter = session.unmount_callable();
+    // SIGTERM, SIGINT, SIGHUP: unmount if the mount is still ours, then end,
+    // also when another mount namespace still holds the mount (its users
+    // then get ENOTCONN, as with libfuse).
     std::thread::spawn(move || {
         sys::wait_signal(&sigs);
-        let _ = unmounter.unmount();
+        fmount.unmount();
+        if !fmount.wait_gone(2000) {
+            std::process::exit(0);
+        }
     });
-    let _ = std::io::stderr().as_fd();
     if let Err(e) = session.run() {
         log::error!("session ended: {e}");
         exit(1);

@@ -56,6 +56,9 @@ pub struct OvlFs {
     pub inval_attr: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     /// Keeps path resolution and rename commits apart.
     pub rename_lock: crate::rename_lock::RenameLock,
+    /// The workdir's fd, which holds its in-use lock (the upper's is held
+    /// by the upper layer's own fd) for as long as the mount lives.
+    _work_lock: Option<OwnedFd>,
 }
 
 fn io_err(what: &str, path: &std::path::Path, e: io::Error) -> String {
@@ -76,9 +79,14 @@ impl OvlFs {
         let mut work = None;
         let mut index = None;
         let mut aufs_whiteouts = false;
+        let mut work_lock = None;
         if let (Some(u), Some(w)) = (&cfg.upper, &cfg.work) {
             let ul = Layer::open(u, 0, false).map_err(|e| io_err("upperdir", u, e))?;
             let wl = Layer::open(w, 0, false).map_err(|e| io_err("workdir", w, e))?;
+            // As the kernel's in-use flags: one mount per upper and workdir.
+            // Taken before W/work is emptied, which would wreck a live mount.
+            lock_in_use(&wl, "workdir", w)?;
+            lock_in_use(&ul, "upperdir", u)?;
             let wfd = prepare_workdir(&wl, cfg.index).map_err(|e| io_err("workdir", w, e))?;
             if !cfg.userxattr && !trusted_xattrs_work(&wfd) {
                 info!("trusted.* xattrs cannot be written on the upper filesystem; using user.overlay.* (userxattr)");
@@ -92,6 +100,7 @@ impl OvlFs {
             }
             upper = Some(ul);
             work = Some(wfd);
+            work_lock = Some(wl.root);
         }
         let mut fs_devs: Vec<u64> = Vec::new();
         for l in upper.iter().chain(lowers.iter()) {
@@ -149,6 +158,7 @@ impl OvlFs {
             fs_devs,
             inval_attr: std::sync::OnceLock::new(),
             rename_lock: Default::default(),
+            _work_lock: work_lock,
         })
     }
 
@@ -343,14 +353,38 @@ pub struct DirMarks {
 
 /// Creates `W/work` (and `W/index`) mode 000 like the kernel, and empties
 /// `W/work` of whatever a crash left behind.
+/// Takes the in-use lock of an upper or work dir. A daemon that was just
+/// unmounted may still be on its way out: wait a little for its lock.
+fn lock_in_use(l: &Layer, what: &str, path: &std::path::Path) -> std::result::Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sys::mount::flock_exclusive(l.fd()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "{what} {}: is in use by another ovlfuse mount (EBUSY); unmount that one first, or give this mount its own upperdir and workdir",
+                        path.display()
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(io_err(what, path, e)),
+        }
+    }
+}
+
 fn prepare_workdir(w: &Layer, index: bool) -> io::Result<OwnedFd> {
     for (name, want) in [(c"work", true), (c"index", index)] {
         if !want {
             continue;
         }
-        match sys::mkdirat(w.fd(), name, 0) {
+        // Mode 000 as the kernel makes them; an unprivileged daemon could
+        // not enter those, so it keeps them to itself with 0700.
+        let mode = if sys::geteuid() == 0 { 0 } else { 0o700 };
+        match sys::mkdirat(w.fd(), name, mode) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => sys::fchmodat(w.fd(), name, 0)?,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => sys::fchmodat(w.fd(), name, mode)?,
             Err(e) => return Err(e),
         }
     }

@@ -31,9 +31,9 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        // A daemon started with a relative mountpoint runs in its parent dir.
-        let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
-        let here = cmd.contains(&needle) || (cwd.as_deref() == mnt.parent() && cmd.contains(" m"));
+        // A daemon started with a relative mountpoint holds its layers (in
+        // the mountpoint's parent dir here) open.
+        let here = cmd.contains(&needle) || holds_files_under(pid, mnt.parent().unwrap());
         let argv0 = cmd.split(' ').next().unwrap_or("");
         let base = argv0.rsplit('/').next().unwrap_or("");
         let is_us = argv0 == bin() || base == "ovlfuse" || base.starts_with("mount.fuse.ovlfuse");
@@ -42,6 +42,14 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
         }
     }
     out
+}
+
+fn holds_files_under(pid: u32, dir: &Path) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|f| fs::read_link(f.path()).is_ok_and(|t| t.starts_with(dir)))
 }
 
 /// Unmounts a daemon-mode mount and ends its daemon (found by its command

@@ -171,6 +171,12 @@ impl OvlMount {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The daemon, no longer unmounted or reaped on drop.
+    pub fn into_child(mut self) -> Child {
+        self.mnt = PathBuf::new();
+        self.child.take().expect("running")
+    }
+
     /// Unmounts and waits for the daemon to exit; returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         umount(&self.mnt);

@@ -9,6 +9,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod mount;
+
 pub type Stat = libc::stat;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
