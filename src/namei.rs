@@ -12,6 +12,20 @@ use crate::node::{Found, LowerRef, Node};
 use crate::sys::Stat;
 use crate::{errno, OvlFs, Result};
 
+/// What walking a redirected path through one layer found.
+enum Walk {
+    /// A dir on the way is missing here: this layer adds nothing.
+    Missing,
+    /// A whiteout or non-dir on the way: no layer below is looked at.
+    Stop,
+    /// The dir exists here. `rename`: the path the layers below look up
+    /// instead; `opaque`: no layer below is looked at.
+    Found {
+        rename: Option<Vec<u8>>,
+        opaque: bool,
+    },
+}
+
 fn is_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
@@ -123,11 +137,30 @@ impl OvlFs {
                 }
             }
         }
+        // After an absolute redirect, each layer's path is walked one dir at
+        // a time (the kernel's ovl_lookup_layer), following redirects on the
+        // way; `stop`: a dir on that way was opaque.
+        let mut walking = redirect
+            .as_ref()
+            .is_some_and(|r: &Arc<[u8]>| r.starts_with(b"/"));
+        let mut stop = false;
         let mut i = 0;
-        while descend && i < cands.len() {
+        while descend && !stop && i < cands.len() {
             let (li, ldir, lname) = cands[i].clone();
             i += 1;
             let layer = &self.lowers[li as usize];
+            if walking && !layer.data_only {
+                match self.walk_redirected(layer, &ldir)? {
+                    Walk::Missing => continue,
+                    Walk::Stop => break,
+                    Walk::Found { rename, opaque } => {
+                        if let Some(d) = rename {
+                            cands[i..].iter_mut().for_each(|c| c.1 = d.clone());
+                        }
+                        stop = opaque;
+                    }
+                }
+            }
             let lname = OsStr::from_bytes(&lname);
             let lpath = join(&ldir, lname);
             let Some(st) = layer.try_stat(&lpath)? else {
@@ -183,6 +216,12 @@ impl OvlFs {
             }
             // A lower layer that once was an upper may carry redirects too.
             if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
+                if r.starts_with(b"/") {
+                    // As the kernel: an absolute redirect below an opaque
+                    // dir on the way lifts that stop.
+                    walking = true;
+                    stop = false;
+                }
                 self.apply_redirect(&mut cands, i, Some(li), &r, false);
             }
         }
@@ -343,6 +382,59 @@ impl OvlFs {
                 c.2 = r.to_vec();
             }
         }
+    }
+
+    /// Walks `dir` (from the layer root) in `layer` one component at a
+    /// time. A dir on the way that this layer redirects renames the rest of
+    /// the path for the layers below: a stack of container layers moves a
+    /// dir in one layer and its child in the next.
+    fn walk_redirected(&self, layer: &crate::layer::Layer, dir: &[u8]) -> Result<Walk> {
+        let comps: Vec<&[u8]> = dir
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let mut phys: Vec<u8> = Vec::new();
+        // The path the layers below see, up to the current component.
+        let mut logical: Vec<u8> = Vec::new();
+        let (mut renamed, mut opaque) = (false, false);
+        for comp in &comps {
+            let parent = phys.clone();
+            let comp = OsStr::from_bytes(comp);
+            phys = join(&parent, comp);
+            logical = join(&logical, comp);
+            let Some(st) = layer.try_stat(&phys)? else {
+                let wh = join(&parent, &format::aufs_whiteout_name(comp));
+                return Ok(match layer.try_stat(&wh)? {
+                    Some(_) => Walk::Stop,
+                    None => Walk::Missing,
+                });
+            };
+            if !is_dir(&st) || format::is_whiteout(&st) || self.is_xwhiteout(layer, &phys, &st)? {
+                return Ok(Walk::Stop);
+            }
+            let m = self.dir_marks(layer, &phys, true)?;
+            if m.opaque {
+                opaque = true;
+                continue;
+            }
+            let Some(r) = m.redirect.filter(|_| self.follow_redirects()) else {
+                continue;
+            };
+            renamed = true;
+            logical = match r.strip_prefix(b"/") {
+                Some(abs) => {
+                    opaque = false;
+                    abs.to_vec()
+                }
+                None => {
+                    let (p, _) = crate::layer::split_parent(&logical);
+                    let p = if p == b"." { &b""[..] } else { p };
+                    join(p, OsStr::from_bytes(&r))
+                }
+            };
+        }
+        let rename = renamed.then_some(logical);
+        Ok(Walk::Found { rename, opaque })
     }
 
     /// Whether a lower regular file is a metacopy (metacopy=on): if so, the
