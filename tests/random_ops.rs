@@ -1,18 +1,20 @@
-//! Randomized operation sequences (fixed seeds; OVLFUSE_SEEDS=1,2,.. to pick
-//! others) run on kernel overlayfs and ovlfuse over the same layers: every
-//! result must match, then the merged tree and the upper dir.
+//! Randomized operation lists run on kernel overlayfs and ovlfuse as users
+//! stack layers (tests/common/ops.rs): every few dozen operations both
+//! unmount, each upper becomes the next top lower, and each side's layers
+//! are read back by the other implementation. fds are held across copy-ups
+//! and written through other names of the same lower inode. Every option
+//! combination runs on 1, 3 and 10 lowers.
+//!
+//! OVLFUSE_SEEDS=1,2,.. or OVLFUSE_SEED_COUNT=N pick the seeds,
+//! OVLFUSE_STEPS=N the length. A failure is shrunk and saved as a replay
+//! (target/ovlfuse-replays/); tests/replays/*.ops run in `replays_match_kernel`.
 
 mod common;
 
-use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use common::ops::*;
 
-use common::*;
-
-/// Names the sequence works on: fixture objects in every layer, and new ones.
-/// (The fixture's lower hard links are left out: with index=off the kernel
-/// splits them on copy-up; tests/compare.rs covers them with index=on.)
+/// Names the lists work on: fixture objects in every layer (hard1 and hard2
+/// are two names of one lower inode), and new ones.
 const NAMES: &[&str] = &[
     "a",
     "a/x",
@@ -23,6 +25,7 @@ const NAMES: &[&str] = &[
     "top",
     "deep",
     "deep/1",
+    "deep/1/2",
     "deep/1/2/3/file",
     "opq",
     "opq/visible",
@@ -35,6 +38,10 @@ const NAMES: &[&str] = &[
     "xat",
     "owned",
     "ro",
+    "hard1",
+    "hard2",
+    "hard1",
+    "hard2",
     "n1",
     "n2",
     "a/n3",
@@ -44,11 +51,11 @@ const NAMES: &[&str] = &[
     "deep/1/n7",
     "n8",
     "a/sub/n9",
+    "n1/n10",
+    "a/n3/n11",
 ];
 
-const HARD: &[&str] = &["hard1", "hard2"];
-
-struct Rng(u64, bool);
+struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -60,206 +67,150 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-    fn name(&mut self) -> &'static str {
-        // With index=on the fixture's lower hard links join in.
-        let hard = self.1 as usize * HARD.len();
-        let i = self.below(NAMES.len() + hard);
-        if i < NAMES.len() {
-            NAMES[i]
-        } else {
-            HARD[i - NAMES.len()]
-        }
+    fn name(&mut self) -> String {
+        NAMES[self.below(NAMES.len())].to_string()
     }
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Write(&'static str, u8),
-    Append(&'static str, u8),
-    Truncate(&'static str, u64),
-    Unlink(&'static str),
-    Mkdir(&'static str),
-    Rmdir(&'static str),
-    Rename(&'static str, &'static str),
-    Link(&'static str, &'static str),
-    Symlink(&'static str),
-    Chmod(&'static str, u32),
-    SetXattr(&'static str, u8),
-    RemoveXattr(&'static str),
-    Read(&'static str),
-    Stat(&'static str),
-    List(&'static str),
+    fn byte(&mut self) -> u8 {
+        self.below(256) as u8
+    }
+    fn len(&mut self) -> u32 {
+        [1, 100, 4096, 9963, 50651][self.below(5)]
+    }
 }
 
 fn gen(r: &mut Rng) -> Op {
-    match r.below(15) {
-        0 => Op::Write(r.name(), r.below(256) as u8),
-        1 => Op::Append(r.name(), r.below(256) as u8),
-        2 => Op::Truncate(r.name(), r.below(20) as u64),
-        3 => Op::Unlink(r.name()),
-        4 => Op::Mkdir(r.name()),
-        5 => Op::Rmdir(r.name()),
-        6 => Op::Rename(r.name(), r.name()),
-        7 => Op::Link(r.name(), r.name()),
-        8 => Op::Symlink(r.name()),
-        9 => Op::Chmod(r.name(), [0o600, 0o755, 0o644, 0o700, 0o1777][r.below(5)]),
-        10 => Op::SetXattr(r.name(), r.below(256) as u8),
-        11 => Op::RemoveXattr(r.name()),
-        12 => Op::Read(r.name()),
-        13 => Op::Stat(r.name()),
-        _ => Op::List(r.name()),
+    let s = r.below(SLOTS);
+    match r.below(22) {
+        0 => Op::Write(r.name(), r.byte()),
+        1 => Op::Append(r.name(), r.byte()),
+        2 => Op::WriteAt(r.name(), r.below(8000) as u64, r.len(), r.byte()),
+        3 => Op::Truncate(r.name(), r.below(20) as u64),
+        4 => Op::Unlink(r.name()),
+        5 => Op::Mkdir(r.name()),
+        6 => Op::Rmdir(r.name()),
+        7 | 8 => Op::Rename(r.name(), r.name()),
+        9 => Op::Link(r.name(), r.name()),
+        10 => Op::Symlink(r.name()),
+        11 => Op::Chmod(r.name(), [0o600, 0o755, 0o644, 0o700, 0o1777][r.below(5)]),
+        12 => Op::SetXattr(r.name(), r.byte()),
+        13 => Op::RemoveXattr(r.name()),
+        14 => Op::Read(r.name()),
+        15 => Op::Stat(r.name()),
+        16 => Op::List(r.name()),
+        17 => Op::Open(s, r.name(), ["ro", "rw", "trunc"][r.below(3)].into()),
+        18 => Op::FdWrite(s, r.below(8000) as u64, r.len(), r.byte()),
+        19 => Op::FdRead(s),
+        20 => Op::FdStat(s),
+        _ => Op::Close(s),
     }
 }
 
-/// Opens without blocking on the fixture's fifo (ENXIO without a reader).
-fn open(p: &Path, o: &mut fs::OpenOptions) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    o.custom_flags(libc::O_NONBLOCK).open(p)
-}
-
-fn run(op: &Op, m: &Path) -> String {
-    use std::io::{Read, Write};
-    let p = |n: &str| m.join(n);
-    match op {
-        Op::Write(n, b) => res(open(
-            &p(n),
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
-        )
-        .and_then(|mut f| f.write_all(&[*b; 3]))),
-        Op::Append(n, b) => {
-            res(open(&p(n), fs::OpenOptions::new().append(true))
-                .and_then(|mut f| f.write_all(&[*b])))
+/// A list of `steps` ops with a rotation every 30–70 ops, while the stack
+/// has room (at most 10 lowers, or 2 more than it started with).
+fn list(seed: u64, steps: usize, lowers: usize) -> Vec<Op> {
+    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let max = (lowers + 2).max(10);
+    let (mut n, mut next) = (lowers, 30 + r.below(40));
+    let mut ops = Vec::with_capacity(steps + 10);
+    for i in 0..steps {
+        if i == next && n < max {
+            ops.push(Op::Rotate);
+            n += 1;
+            next = i + 30 + r.below(40);
         }
-        Op::Truncate(n, l) => {
-            res(open(&p(n), fs::OpenOptions::new().write(true)).and_then(|f| f.set_len(*l)))
-        }
-        Op::Unlink(n) => res(fs::remove_file(p(n))),
-        Op::Mkdir(n) => res(fs::create_dir(p(n))),
-        Op::Rmdir(n) => res(fs::remove_dir(p(n))),
-        Op::Rename(a, b) => res(fs::rename(p(a), p(b))),
-        Op::Link(a, b) => res(fs::hard_link(p(a), p(b))),
-        Op::Symlink(n) => res(std::os::unix::fs::symlink("target/x", p(n))),
-        Op::Chmod(n, mode) => res(fs::set_permissions(p(n), fs::Permissions::from_mode(*mode))),
-        Op::SetXattr(n, b) => {
-            let c = std::ffi::CString::new(p(n).into_os_string().into_encoded_bytes()).unwrap();
-            // SAFETY: valid C strings and buffer.
-            let r = unsafe {
-                libc::lsetxattr(c.as_ptr(), c"user.r".as_ptr(), [*b].as_ptr().cast(), 1, 0)
-            };
-            if r < 0 {
-                format!("errno {}", errno())
-            } else {
-                "ok".into()
-            }
-        }
-        Op::RemoveXattr(n) => {
-            let c = std::ffi::CString::new(p(n).into_os_string().into_encoded_bytes()).unwrap();
-            // SAFETY: valid C strings.
-            let r = unsafe { libc::lremovexattr(c.as_ptr(), c"user.r".as_ptr()) };
-            if r < 0 {
-                format!("errno {}", errno())
-            } else {
-                "ok".into()
-            }
-        }
-        Op::Read(n) => {
-            let mut v = Vec::new();
-            let r = open(&p(n), fs::OpenOptions::new().read(true))
-                .and_then(|mut f| f.read_to_end(&mut v));
-            format!("{} {v:?}", res(r))
-        }
-        Op::Stat(n) => match fs::symlink_metadata(p(n)) {
-            Ok(md) => format!(
-                "{:o} {} {}:{} nlink={}",
-                md.mode(),
-                md.len(),
-                md.uid(),
-                md.gid(),
-                md.nlink()
-            ),
-            Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(-1)),
-        },
-        Op::List(n) => format!("{:?}", ls(&p(n))),
+        ops.push(gen(&mut r));
     }
+    ops
 }
 
-#[test]
-fn random_sequences_match_kernel() {
-    sequences("redirect_dir=off,index=off");
+fn seeds() -> Vec<u64> {
+    if let Ok(s) = std::env::var("OVLFUSE_SEEDS") {
+        return s.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    }
+    let n = std::env::var("OVLFUSE_SEED_COUNT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    (1..=n).collect()
 }
 
-/// The same with dir renames through redirects, checked after a remount and
-/// through the kernel reading the upper ovlfuse wrote.
-#[test]
-fn random_sequences_with_redirects_match_kernel() {
-    sequences("redirect_dir=on,index=off");
-}
-
-/// index=on: hard links of lower files (the fixture's hard1/hard2) too.
-#[test]
-fn random_sequences_with_index_match_kernel() {
-    sequences("redirect_dir=on,index=on");
-}
-
-/// metacopy=on: metadata changes leave the data below until it is written.
-#[test]
-fn random_sequences_with_metacopy_match_kernel() {
-    sequences("metacopy=on,redirect_dir=on,index=off");
-}
-
-/// Ten lowers, the fixture's objects spread over them.
-#[test]
-fn random_sequences_on_ten_lowers_match_kernel() {
-    sequences_on("redirect_dir=on,index=on", build_ten_lowers);
-}
-
-fn sequences(opts: &str) {
-    sequences_on(opts, |b| build_lowers(b, false))
-}
-
-fn sequences_on(opts: &str, build: fn(&Path) -> Vec<std::path::PathBuf>) {
-    let seeds: Vec<u64> = match std::env::var("OVLFUSE_SEEDS") {
-        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
-        Err(_) => (1..=6).collect(),
-    };
-    let steps: usize = std::env::var("OVLFUSE_STEPS")
+fn sequences(opts: &str, lowers: usize) {
+    let steps = std::env::var("OVLFUSE_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    for seed in seeds {
-        let p = Pair::with_lowers(opts, opts, build, build);
-        let mut r = Rng(
-            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-            opts.contains("index=on"),
-        );
-        for step in 0..steps {
-            let op = gen(&mut r);
-            let k = run(&op, &p.k_mnt);
-            let o = run(&op, &p.o_mnt);
-            if std::env::var("OVLFUSE_TRACE").is_ok() {
-                eprintln!("seed {seed} step {step}: {op:?} -> {k}");
-            }
-            assert_eq!(
-                o, k,
-                "seed {seed} step {step}: {op:?}: ovlfuse (left) vs kernel (right)"
+    let setup = Setup {
+        opts: opts.into(),
+        lowers,
+    };
+    for seed in seeds() {
+        let ops = list(seed, steps, lowers);
+        if let Err(e) = run_list(&setup, &ops) {
+            fail_with_replay(
+                &setup,
+                &ops,
+                &format!("{opts} lowers={lowers} seed={seed}"),
+                &e,
             );
-            // Debug aid: find the first step after which the uppers differ.
-            if std::env::var("OVLFUSE_UPPER_EACH").is_ok() {
-                let (ku, ou) = (dump_upper(&p.k_upper), dump_upper(&p.o_upper));
-                let diff: Vec<_> = ku.iter().filter(|(k, v)| ou.get(*k) != Some(*v)).collect();
-                assert!(
-                    diff.is_empty(),
-                    "seed {seed} step {step}: {op:?}: uppers differ: {diff:?}"
-                );
-            }
         }
-        if let Ok(secs) = std::env::var("OVLFUSE_PAUSE") {
-            eprintln!("pausing: {}", p.o_mnt.display());
-            std::thread::sleep(std::time::Duration::from_secs(secs.parse().unwrap_or(30)));
-        }
-        p.check_all();
     }
+}
+
+/// redirect_dir × index × metacopy (metacopy needs redirect_dir) on 1, 3
+/// and 10 lowers.
+macro_rules! matrix {
+    ($($name:ident: $opts:expr;)*) => {
+        $(
+            mod $name {
+                #[test]
+                fn one_lower() {
+                    super::sequences($opts, 1);
+                }
+                #[test]
+                fn three_lowers() {
+                    super::sequences($opts, 3);
+                }
+                #[test]
+                fn ten_lowers() {
+                    super::sequences($opts, 10);
+                }
+            }
+        )*
+    };
+}
+
+matrix! {
+    plain: "redirect_dir=off,index=off,metacopy=off";
+    index: "redirect_dir=off,index=on,metacopy=off";
+    redirect: "redirect_dir=on,index=off,metacopy=off";
+    redirect_index: "redirect_dir=on,index=on,metacopy=off";
+    metacopy: "redirect_dir=on,index=off,metacopy=on";
+    metacopy_index: "redirect_dir=on,index=on,metacopy=on";
+}
+
+/// Every saved list in tests/replays/ (regressions, most from the shrinker).
+#[test]
+fn replays_match_kernel() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/replays");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ops"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no replays in {}", dir.display());
+    let mut failed = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let (setup, ops) = from_text(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        if let Err(e) = run_list(&setup, &ops) {
+            failed.push(format!("{}: {e}", f.display()));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "replays that diverge:\n{}",
+        failed.join("\n")
+    );
 }

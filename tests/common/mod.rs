@@ -3,6 +3,8 @@
 //! Every mount is undone and every daemon ended (by pid) in Drop.
 #![allow(dead_code)]
 
+pub mod ops;
+
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::fs;
@@ -405,7 +407,6 @@ pub fn build_ten_lowers(base: &Path) -> Vec<PathBuf> {
 
 /// Kernel and ovlfuse mounted over identical copies of the fixture.
 pub struct Pair {
-    pub scratch: Scratch,
     pub kernel: Option<KernelMount>,
     pub ovl: Option<OvlMount>,
     pub k_upper: PathBuf,
@@ -416,6 +417,8 @@ pub struct Pair {
     pub o_mnt: PathBuf,
     pub k_opts: String,
     pub o_opts: String,
+    /// Last: removed only after the mounts above are gone.
+    pub scratch: Scratch,
 }
 
 impl Pair {
