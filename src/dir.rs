@@ -676,7 +676,22 @@ impl OvlFs {
         name: &OsStr,
         newparent: &Arc<Node>,
     ) -> Result<Option<Vec<u8>>> {
-        self.redirect_for_abs(node, parent, name, newparent, false)
+        // As the kernel's ovl_need_absolute_redirect: names of a lower hard
+        // link may end up in different dirs, so theirs are absolute.
+        let abs = !node.is_dir() && self.lower_nlink(node)? > 1;
+        self.redirect_for_abs(node, parent, name, newparent, abs)
+    }
+
+    /// The link count of the object's top lower, 0 for a pure upper one.
+    fn lower_nlink(&self, node: &Node) -> Result<u64> {
+        let Some(l) = node.state.read().lowers.first().cloned() else {
+            return Ok(0);
+        };
+        let Some(path) = node.lower_path(&l) else {
+            return Ok(0);
+        };
+        let layer = &self.lowers[l.layer as usize];
+        Ok(layer.try_stat(&path)?.map_or(0, |st| st.st_nlink))
     }
 
     fn redirect_for_abs(

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dir::{Creds, NewObj};
 use crate::inode::SetAttr;
-use crate::node::Node;
+use crate::node::{is_split_id, Node};
 use crate::sys::{self, Stat};
 use crate::{Errno, OvlFs};
 
@@ -208,9 +208,25 @@ impl OvlFuse {
             .remove_if(&ino, |_, io| io.cached == 0 && io.backing.is_none());
     }
 
+    /// The attributes of an entry reply. fuser sends attr.ino as the node
+    /// id, and the kernel takes it as st_ino too: a node whose id is not its
+    /// st_ino gets no attribute caching, so that the GETATTR that follows
+    /// sets the right number.
+    fn entry_attr(&self, node: &Node, st: &Stat) -> (FileAttr, Duration) {
+        let mut a = attr(st);
+        if !is_split_id(node.ino) {
+            return (a, self.ttl);
+        }
+        a.ino = INodeNo(node.ino);
+        (a, Duration::ZERO)
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, r: Result<(Arc<Node>, Stat), Errno>) {
         match r {
-            Ok((node, st)) => reply.entry(&self.ttl, &attr(&st), Generation(node.generation)),
+            Ok((node, st)) => {
+                let (a, attr_ttl) = self.entry_attr(&node, &st);
+                reply.entry_with_ttls(&attr_ttl, &self.ttl, &a, Generation(node.generation))
+            }
             Err(err) => reply.error(e(err)),
         }
     }
@@ -552,7 +568,8 @@ impl Filesystem for OvlFuse {
                 continue;
             };
             let g = Generation(node.generation);
-            if reply.add(INodeNo(node.ino), off, &en.name, &self.ttl, &attr(&st), g) {
+            let (a, ttl) = self.entry_attr(&node, &st);
+            if reply.add(INodeNo(st.st_ino), off, &en.name, &ttl, &a, g) {
                 self.fs.nodes.forget(node.ino, 1);
                 break;
             }

@@ -34,7 +34,11 @@ impl OvlFs {
 
     /// The overlay inode number of the lower inode an origin names, if it
     /// still exists in one of the lower filesystems.
-    pub fn origin_ino(&self, fh: &FileHandle) -> Option<u64> {
+    ///
+    /// As the kernel's getattr: a non-dir whose lower has other names keeps
+    /// its origin's number only through the index (without it, each name
+    /// may have been copied up on its own): None then.
+    pub fn origin_ino(&self, fh: &FileHandle, indexed: bool) -> Option<u64> {
         let mut tried: Vec<u64> = Vec::new();
         for (i, l) in self.lowers.iter().enumerate() {
             if tried.contains(&l.dev) {
@@ -46,6 +50,10 @@ impl OvlFs {
                 continue;
             };
             let st = sys::fstat(fd.as_fd()).ok()?;
+            let dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            if !dir && !indexed && st.st_nlink > 1 {
+                return None;
+            }
             return Some(self.map_ino(i + 1, &st));
         }
         None
@@ -60,7 +68,7 @@ impl OvlFs {
             .try_getxattr(path, &self.xn.origin)
             .ok()
             .flatten()?;
-        let ino = self.origin_ino(&self.decode_origin(&v, path)?)?;
+        let ino = self.origin_ino(&self.decode_origin(&v, path)?, false)?;
         self.copied.insert(upper_ino, ino);
         Some(ino)
     }

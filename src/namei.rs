@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::RedirectDir;
 use crate::format;
 use crate::layer::join;
-use crate::node::{Found, LowerRef, Node};
+use crate::node::{self, Found, LowerRef, Node};
 use crate::sys::Stat;
 use crate::{errno, OvlFs, Result};
 
@@ -272,7 +272,10 @@ impl OvlFs {
             }
             match self.copied.get(&st.st_ino).map(|i| *i) {
                 Some(i) => i,
-                None => match fh.as_ref().and_then(|f| self.origin_ino(f)) {
+                None => match fh
+                    .as_ref()
+                    .and_then(|f| self.origin_ino(f, index.is_some()))
+                {
                     Some(i) => {
                         self.copied.insert(st.st_ino, i);
                         i
@@ -281,20 +284,43 @@ impl OvlFs {
                 },
             }
         } else {
-            let ino = self.map_ino(idx, &st);
+            let mut ino = self.map_ino(idx, &st);
+            if !is_dir(&st) && st.st_nlink > 1 && self.index.is_none() && !self.read_only() {
+                // Without the index each name of a lower hard link is its
+                // own object (the kernel does not hash it by the lower
+                // inode): it reports the lower's number, under a node id
+                // of its own.
+                ino = self.split_id(parent, name, st.st_mode & libc::S_IFMT);
+            }
             // Another name of a lower hard link whose inode was copied up
             // through the index: the data and link count live there.
             let layer = &self.lowers[lowers[0].layer as usize];
             if let Some((name, ist)) = self.lookup_index(layer, &top_lower_path, &st)? {
                 let ix = self.index_layer().expect("index");
                 nlink = Some(self.indexed_nlink(ix, name.as_bytes(), &ist, st.st_nlink));
+                // A metadata-only copy-up in the index (metacopy=on): the
+                // data is still this lower file.
+                if ix
+                    .try_getxattr(name.as_bytes(), &self.xn.metacopy)?
+                    .is_some()
+                {
+                    metacopy = true;
+                }
                 index = Some(Arc::from(name.as_str()));
                 upper = true;
+                let blocks = st.st_blocks;
                 st = ist;
+                if metacopy {
+                    st.st_blocks = blocks;
+                }
             }
             ino
         };
-        st.st_ino = ino;
+        st.st_ino = if node::is_split_id(ino) {
+            self.map_ino(idx, &st)
+        } else {
+            ino
+        };
         if let Some(n) = nlink {
             st.st_nlink = n as _;
         }
@@ -337,7 +363,9 @@ impl OvlFs {
             return None;
         }
         let mut st = *st;
-        st.st_ino = ino;
+        if !node::is_split_id(ino) {
+            st.st_ino = ino;
+        }
         let found = Found {
             ino,
             kind: node.kind,
@@ -349,6 +377,29 @@ impl OvlFs {
             metacopy: false,
         };
         Some((found, st))
+    }
+
+    /// The node id of a name of a lower hard link that is its own object:
+    /// the same while the node lives under that name, else a fresh one.
+    fn split_id(&self, parent: &Node, name: &OsStr, kind: u32) -> u64 {
+        let key = (parent.ino, name.to_os_string());
+        if let Some(id) = self.split_ids.get(&key).map(|v| *v) {
+            let live = self.nodes.get(id).is_some_and(|n| {
+                let s = n.state.read();
+                n.kind == kind
+                    && !s.dead
+                    && !n.has_upper()
+                    && s.aliases
+                        .iter()
+                        .any(|(p, a)| p.ino == parent.ino && a == name)
+            });
+            if live {
+                return id;
+            }
+        }
+        let id = self.new_split_id();
+        self.split_ids.insert(key, id);
+        id
     }
 
     /// Points the lookups still to do (`cands[from..]`) at a redirect: a

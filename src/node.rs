@@ -1,7 +1,9 @@
 //! The in-memory inode table (the kernel's ovl_inode + dcache in one).
 //!
 //! FUSE node ids are the st_ino we report (fuser sends attr.ino as the node
-//! id), so a node is keyed by its overlay inode number. A node stays in the
+//! id), so a node is keyed by its overlay inode number; only objects that
+//! share their st_ino with another get a node id of their own (is_split_id)
+//! and report their st_ino through GETATTR. A node stays in the
 //! table while the kernel holds lookups on it or anything (a child, an open
 //! file) refers to it; its memory is freed on the last FORGET.
 
@@ -14,6 +16,16 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 pub const ROOT_INO: u64 = 1;
+
+/// Node ids from here up are handed out for objects whose st_ino is shared
+/// with another object (names of a lower hard link without the index):
+/// counted down from the top, where no xino-composed number reaches (its
+/// top bits never are all ones).
+pub const SPLIT_FLOOR: u64 = u64::MAX - (1 << 40);
+
+pub fn is_split_id(ino: u64) -> bool {
+    ino > SPLIT_FLOOR
+}
 
 /// One lower layer in which an object (or a merged dir's part) lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,10 @@ pub struct OvlFs {
     /// Upper inode number -> overlay inode number, for objects copied up
     /// during this mount (their st_ino stays the lower one).
     pub copied: DashMap<u64, u64>,
+    /// (parent node id, name) -> node id of a name of a lower hard link
+    /// that is its own object (index=off): see namei's split_id.
+    pub split_ids: DashMap<(u64, std::ffi::OsString), u64>,
+    next_split: AtomicU64,
     /// Removed pure upper objects the kernel has not forgotten yet, held
     /// open so that their inode numbers are not reused (dir::pin_removed).
     pub pinned: DashMap<u64, OwnedFd>,
@@ -153,6 +157,8 @@ impl OvlFs {
             tmp_seq: AtomicU64::new(0),
             copied: DashMap::new(),
             pinned: DashMap::new(),
+            split_ids: DashMap::new(),
+            next_split: AtomicU64::new(u64::MAX - 1),
             aufs_whiteouts,
             xino_bits,
             fs_devs,
@@ -182,6 +188,10 @@ impl OvlFs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
+    pub fn new_split_id(&self) -> u64 {
+        self.next_split.fetch_sub(1, Ordering::Relaxed)
+    }
+
     /// A fresh name for a temp object in the work dir.
     pub fn tmp_name(&self) -> CString {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
@@ -192,6 +202,9 @@ impl OvlFs {
     /// of that number any more.
     pub fn forget(&self, ino: u64, n: u64) {
         self.nodes.forget(ino, n);
+        if crate::node::is_split_id(ino) && self.nodes.get(ino).is_none() {
+            self.split_ids.retain(|_, v| *v != ino);
+        }
         if self.pinned.contains_key(&ino) && self.nodes.get(ino).is_none_or(|x| x.nlookup() == 0) {
             self.pinned.remove(&ino);
         }
