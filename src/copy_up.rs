@@ -93,7 +93,19 @@ fn copy_by_read(src: BorrowedFd, dst: BorrowedFd, pos: u64, want: usize) -> io::
 
 impl OvlFs {
     /// Makes sure `node` (and every parent) exists in the upper layer.
+    /// Files already open on the lower data read the copy from then on.
     pub fn copy_up(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
+        let before = node.has_upper() && !node.state.read().metacopy;
+        self.copy_up_one(node, how)?;
+        if !before && node.opens.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            // Now, while the name still leads to it (a rename over it may
+            // come before their next read).
+            self.switch_open_files(node);
+        }
+        Ok(())
+    }
+
+    fn copy_up_one(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
         if node.has_upper() {
             if !node.is_dir() && (node.alias_count() > 1 || node.state.read().index.is_some()) {
                 self.link_up_alias(node)?;
@@ -124,8 +136,10 @@ impl OvlFs {
             _ => None,
         };
         if let Some((ix, iname)) = &index {
-            if ix.try_stat(iname.as_bytes())?.is_some() {
+            if let Some(ist) = ix.try_stat(iname.as_bytes())? {
                 // Another name was copied up before: this one links to it.
+                // The merged link count stays what it was before the link.
+                let n = self.indexed_nlink(ix, iname.as_bytes(), &ist, st.st_nlink);
                 sys::linkat(
                     ix.fd(),
                     &CString::new(iname.as_str()).expect("hex"),
@@ -133,8 +147,6 @@ impl OvlFs {
                     &name,
                     0,
                 )?;
-                let ist = ix.stat(iname.as_bytes())?;
-                let n = self.indexed_nlink(ix, iname.as_bytes(), &ist, st.st_nlink);
                 node.state.write().index = Some(Arc::from(iname.as_str()));
                 node.set_upper();
                 self.store_nlink(node, n)?;
@@ -227,7 +239,17 @@ impl OvlFs {
         if fh.is_some() {
             self.set_impure(crate::layer::split_parent(&path).0)?;
         }
-        self.copied.insert(upper_ino, node.ino);
+        // What the object reports from now on: a name of a lower hard link
+        // copied up on its own (no index) shows the upper's number, as in
+        // the kernel; everything else keeps its number.
+        let shown = match index {
+            None if crate::node::is_split_id(node.ino) => {
+                self.map_ino(0, &sys::fstatat(pfd.as_fd(), &name)?)
+            }
+            _ => node.st_ino(),
+        };
+        node.set_st_ino(shown);
+        self.copied.insert(upper_ino, shown);
         node.set_upper();
         if node.is_dir() {
             // A dir that gains an upper becomes merged: its nlink shows as 1.

@@ -611,6 +611,8 @@ impl OvlFs {
             exchange_upper()?;
             src.rename_alias(parent, name, newparent, newname);
             d.rename_alias(newparent, newname, parent, name);
+            self.move_split(&src, parent, name, newparent, newname);
+            self.move_split(&d, newparent, newname, parent, name);
             return Ok(());
         }
         let src_needs_wh = self.lower_positive(parent, name)?;
@@ -662,6 +664,7 @@ impl OvlFs {
             d.remove_alias(newparent, newname, is_dir(dst_st) || dst_st.st_nlink <= 1);
         }
         src.rename_alias(parent, name, newparent, newname);
+        self.move_split(&src, parent, name, newparent, newname);
         Ok(())
     }
 

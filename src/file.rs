@@ -130,6 +130,27 @@ impl OvlFs {
             .ok_or(crate::Errno(libc::EBADF))
     }
 
+    /// Points the files open on `node`'s lower data at its upper copy.
+    pub fn switch_open_files(&self, node: &Arc<Node>) {
+        if !data_in_upper(node) {
+            return;
+        }
+        let Ok(path) = self.path_of(node) else { return };
+        let Ok(upper) = self.upper() else { return };
+        let open: Vec<Arc<OpenFile>> = self
+            .files
+            .iter()
+            .filter(|f| Arc::ptr_eq(&f.node, node) && !f.on_upper.load(Ordering::Acquire))
+            .map(|f| f.clone())
+            .collect();
+        for f in open {
+            if let Ok(fd) = upper.open_file(&path, f.flags, 0) {
+                *f.fd.write() = Arc::new(fd);
+                f.on_upper.store(true, Ordering::Release);
+            }
+        }
+    }
+
     /// The fd to use now: reopens on the upper copy once one exists.
     fn current_fd(&self, f: &OpenFile) -> Result<Arc<OwnedFd>> {
         if !f.on_upper.load(Ordering::Acquire) && data_in_upper(&f.node) {

@@ -221,6 +221,16 @@ impl OvlFuse {
         (a, Duration::ZERO)
     }
 
+    /// No attribute caching for a node whose id is not its st_ino: its
+    /// entry replies would set the kernel's i_ino to the id.
+    fn attr_ttl(&self, node: &Node) -> Duration {
+        if is_split_id(node.ino) {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, r: Result<(Arc<Node>, Stat), Errno>) {
         match r {
             Ok((node, st)) => {
@@ -275,7 +285,7 @@ impl Filesystem for OvlFuse {
         let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(ino));
         let st = tryr!(reply, self.fs.getattr(&n, fh.map(|f| f.0)));
-        reply.attr(&self.ttl, &attr(&st));
+        reply.attr(&self.attr_ttl(&n), &attr(&st));
     }
 
     fn setattr(
@@ -308,7 +318,7 @@ impl Filesystem for OvlFuse {
             fh: fh.map(|f| f.0),
         };
         let st = tryr!(reply, self.fs.setattr(&n, a));
-        reply.attr(&self.ttl, &attr(&st));
+        reply.attr(&self.attr_ttl(&n), &attr(&st));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {

@@ -68,7 +68,9 @@ impl OvlFs {
             .try_getxattr(path, &self.xn.origin)
             .ok()
             .flatten()?;
-        let ino = self.origin_ino(&self.decode_origin(&v, path)?, false)?;
+        // With the index on, a hard-linked lower was copied up through it.
+        let indexed = self.index_layer().is_some();
+        let ino = self.origin_ino(&self.decode_origin(&v, path)?, indexed)?;
         self.copied.insert(upper_ino, ino);
         Some(ino)
     }
@@ -132,6 +134,13 @@ impl OvlFs {
             return Ok(());
         };
         node.state.write().nlink = Some(nlink);
+        // Other names of the inode with nodes of their own see it too.
+        for n in self.nodes.all() {
+            if n.ino != node.ino && n.state.read().index.as_deref() == Some(&*name) {
+                n.state.write().nlink = Some(nlink);
+                self.invalidate_attr(n.ino);
+            }
+        }
         let Some(index) = self.index_layer() else {
             return Ok(());
         };

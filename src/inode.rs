@@ -43,10 +43,8 @@ impl OvlFs {
 
     /// Turns a real stat into what the merged view reports for `node`.
     pub fn fix_stat(&self, node: &Node, st: &mut Stat, merged_dir: bool) {
-        if crate::node::is_split_id(node.ino) {
-            st.st_ino = self.map_ino(0, st);
-        } else if node.ino != ROOT_INO {
-            st.st_ino = node.ino;
+        if node.ino != ROOT_INO {
+            st.st_ino = node.st_ino();
         }
         self.ids.show(st);
         // Like the kernel: counting a merged dir's subdirs would need a readdir.

@@ -257,6 +257,8 @@ impl OvlFs {
             }
             _ => None,
         };
+        // The st_ino of a split node (see below); else the node id is.
+        let mut shown = 0;
         let ino = if upper {
             // Indexed only if W/index holds this very inode under the name of
             // its origin; otherwise an nlink xattr is stray and ignored.
@@ -270,27 +272,31 @@ impl OvlFs {
                     nlink = Some(self.indexed_nlink(self.upper()?, &path, &st, st.st_nlink));
                 }
             }
-            match self.copied.get(&st.st_ino).map(|i| *i) {
-                Some(i) => i,
-                None => match fh
-                    .as_ref()
-                    .and_then(|f| self.origin_ino(f, index.is_some()))
-                {
-                    Some(i) => {
-                        self.copied.insert(st.st_ino, i);
-                        i
-                    }
-                    None => self.map_ino(0, &st),
-                },
+            // A name of a lower hard link copied up through its own node.
+            let kind = st.st_mode & libc::S_IFMT;
+            let split = (!is_dir(&st))
+                .then(|| self.live_split(parent, name, kind))
+                .flatten();
+            match split.and_then(|s| self.nodes.get(s)) {
+                Some(n) => {
+                    shown = n.st_ino();
+                    n.ino
+                }
+                None => self.upper_ino(&st, fh.as_ref(), index.is_some()),
             }
         } else {
             let mut ino = self.map_ino(idx, &st);
-            if !is_dir(&st) && st.st_nlink > 1 && self.index.is_none() && !self.read_only() {
-                // Without the index each name of a lower hard link is its
-                // own object (the kernel does not hash it by the lower
-                // inode): it reports the lower's number, under a node id
-                // of its own.
-                ino = self.split_id(parent, name, st.st_mode & libc::S_IFMT);
+            shown = ino;
+            if !is_dir(&st) && st.st_nlink > 1 && !self.read_only() {
+                // Each name of a lower hard link gets a node of its own, so
+                // that an open or setattr tells which name it went through:
+                // that name is the one copied up (index=off: on its own; with
+                // the index: linked to the index entry), as in the kernel.
+                // It reports the lower's number.
+                let kind = st.st_mode & libc::S_IFMT;
+                ino = self
+                    .live_split(parent, name, kind)
+                    .unwrap_or_else(|| self.new_split(parent, name));
             }
             // Another name of a lower hard link whose inode was copied up
             // through the index: the data and link count live there.
@@ -299,13 +305,11 @@ impl OvlFs {
                 let ix = self.index_layer().expect("index");
                 nlink = Some(self.indexed_nlink(ix, name.as_bytes(), &ist, st.st_nlink));
                 // A metadata-only copy-up in the index (metacopy=on): the
-                // data is still this lower file.
-                if ix
+                // data is still below. Otherwise the index has the data,
+                // even when the lower name is itself a metacopy.
+                metacopy = ix
                     .try_getxattr(name.as_bytes(), &self.xn.metacopy)?
-                    .is_some()
-                {
-                    metacopy = true;
-                }
+                    .is_some();
                 index = Some(Arc::from(name.as_str()));
                 upper = true;
                 let blocks = st.st_blocks;
@@ -316,11 +320,7 @@ impl OvlFs {
             }
             ino
         };
-        st.st_ino = if node::is_split_id(ino) {
-            self.map_ino(idx, &st)
-        } else {
-            ino
-        };
+        st.st_ino = if node::is_split_id(ino) { shown } else { ino };
         if let Some(n) = nlink {
             st.st_nlink = n as _;
         }
@@ -379,26 +379,48 @@ impl OvlFs {
         Some((found, st))
     }
 
-    /// The node id of a name of a lower hard link that is its own object:
-    /// the same while the node lives under that name, else a fresh one.
-    fn split_id(&self, parent: &Node, name: &OsStr, kind: u32) -> u64 {
-        let key = (parent.ino, name.to_os_string());
-        if let Some(id) = self.split_ids.get(&key).map(|v| *v) {
-            let live = self.nodes.get(id).is_some_and(|n| {
-                let s = n.state.read();
-                n.kind == kind
-                    && !s.dead
-                    && !n.has_upper()
-                    && s.aliases
-                        .iter()
-                        .any(|(p, a)| p.ino == parent.ino && a == name)
-            });
-            if live {
-                return id;
-            }
+    /// The st_ino (and node id) of a non-split upper object: what copy-up
+    /// recorded this mount, else its origin's number where that holds.
+    fn upper_ino(&self, st: &Stat, fh: Option<&crate::format::FileHandle>, indexed: bool) -> u64 {
+        if let Some(i) = self.copied.get(&st.st_ino).map(|i| *i) {
+            return i;
         }
+        match fh.and_then(|f| self.origin_ino(f, indexed)) {
+            Some(i) => {
+                self.copied.insert(st.st_ino, i);
+                i
+            }
+            None => self.map_ino(0, st),
+        }
+    }
+
+    /// The live split node (a name of a lower hard link with a node of its
+    /// own) known under (parent, name).
+    fn live_split(&self, parent: &Node, name: &OsStr, kind: u32) -> Option<u64> {
+        let id = *self.split_ids.get(&(parent.ino, name.to_os_string()))?;
+        let n = self.nodes.get(id)?;
+        let s = n.state.read();
+        let live = n.kind == kind
+            && !s.dead
+            && s.aliases
+                .iter()
+                .any(|(p, a)| p.ino == parent.ino && a == name);
+        live.then_some(id)
+    }
+
+    /// A split node moved (rename): its name key moves with it.
+    pub fn move_split(&self, node: &Node, parent: &Node, name: &OsStr, np: &Node, nn: &OsStr) {
+        if !node::is_split_id(node.ino) {
+            return;
+        }
+        self.split_ids
+            .remove_if(&(parent.ino, name.to_os_string()), |_, v| *v == node.ino);
+        self.split_ids.insert((np.ino, nn.to_os_string()), node.ino);
+    }
+
+    fn new_split(&self, parent: &Node, name: &OsStr) -> u64 {
         let id = self.new_split_id();
-        self.split_ids.insert(key, id);
+        self.split_ids.insert((parent.ino, name.to_os_string()), id);
         id
     }
 
@@ -546,6 +568,7 @@ impl OvlFs {
                     found.kind == libc::S_IFDIR && found.upper as usize + found.lowers.len() > 1;
                 let found_upper = found.upper;
                 let node = self.nodes.intern(parent, name, found, count);
+                node.set_st_ino(st.st_ino);
                 if node.has_upper() && !found_upper {
                     // Another name of a file already copied up: its data lives there.
                     return Ok((node.clone(), self.getattr(&node, None)?));

@@ -70,6 +70,8 @@ pub struct Node {
     pub copy_up_lock: Mutex<()>,
     /// Open files (each holds an fd of the real object).
     pub opens: AtomicU32,
+    /// The st_ino of a node whose id is not its st_ino (is_split_id).
+    shown_ino: AtomicU64,
 }
 
 impl Node {
@@ -83,6 +85,22 @@ impl Node {
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
             opens: AtomicU32::new(0),
+            shown_ino: AtomicU64::new(0),
+        }
+    }
+
+    /// The st_ino the merged view reports for this object.
+    pub fn st_ino(&self) -> u64 {
+        match self.shown_ino.load(Ordering::Acquire) {
+            0 => self.ino,
+            n => n,
+        }
+    }
+
+    /// Sets the st_ino of a node whose id is not its st_ino.
+    pub fn set_st_ino(&self, ino: u64) {
+        if is_split_id(self.ino) {
+            self.shown_ino.store(ino, Ordering::Release);
         }
     }
 

@@ -171,7 +171,7 @@ fn rootless_podman_run_build_commit_on_ovlfuse() {
     );
     assert!(
         out.lines()
-            .any(|l| l.contains(" / / ") && l.contains(" - fuse ovlfuse ")),
+            .any(|l| l.contains(" / / ") && l.contains(" - fuse.ovlfuse ovlfuse ")),
         "{out}"
     );
     let uid = user.uid.to_string();

@@ -7,7 +7,8 @@
 //!
 //! OVLFUSE_SEEDS=1,2,.. or OVLFUSE_SEED_COUNT=N pick the seeds,
 //! OVLFUSE_STEPS=N the length. A failure is shrunk and saved as a replay
-//! (target/ovlfuse-replays/); tests/replays/*.ops run in `replays_match_kernel`.
+//! (target/ovlfuse-replays/); tests/replays/*.ops run in `replays_match_kernel`
+//! (OVLFUSE_REPLAY=FILE runs one file).
 
 mod common;
 
@@ -130,7 +131,7 @@ fn seeds() -> Vec<u64> {
     let n = std::env::var("OVLFUSE_SEED_COUNT")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(6);
     (1..=n).collect()
 }
 
@@ -192,12 +193,16 @@ matrix! {
 #[test]
 fn replays_match_kernel() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/replays");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "ops"))
-        .collect();
+    // OVLFUSE_REPLAY=FILE replays just that file (one the shrinker saved).
+    let mut files: Vec<_> = match std::env::var_os("OVLFUSE_REPLAY") {
+        Some(f) => vec![std::path::PathBuf::from(f)],
+        None => std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "ops"))
+            .collect(),
+    };
     files.sort();
     assert!(!files.is_empty(), "no replays in {}", dir.display());
     let mut failed = Vec::new();

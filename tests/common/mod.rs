@@ -632,6 +632,17 @@ impl Pair {
 }
 
 pub fn assert_maps_eq(o: &BTreeMap<String, String>, k: &BTreeMap<String, String>, what: &str) {
+    if let Err(e) = maps_eq(o, k, what) {
+        panic!("{e}");
+    }
+}
+
+/// Err lists every path where `o` (ovlfuse) and `k` (kernel) differ.
+pub fn maps_eq(
+    o: &BTreeMap<String, String>,
+    k: &BTreeMap<String, String>,
+    what: &str,
+) -> Result<(), String> {
     let mut diffs = Vec::new();
     for (p, kv) in k {
         match o.get(p) {
@@ -645,7 +656,10 @@ pub fn assert_maps_eq(o: &BTreeMap<String, String>, k: &BTreeMap<String, String>
             diffs.push(format!("  {p}: only in ovlfuse ({ov})"));
         }
     }
-    assert!(diffs.is_empty(), "{what} differs:\n{}", diffs.join("\n"));
+    match diffs.is_empty() {
+        true => Ok(()),
+        false => Err(format!("{what} differs:\n{}", diffs.join("\n"))),
+    }
 }
 
 fn kind(m: u32) -> &'static str {

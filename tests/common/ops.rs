@@ -297,12 +297,12 @@ impl Stack {
     /// side's layers mounted by the other implementation show that view.
     pub fn check_layers(&mut self) -> Result<(), String> {
         let view = dump_tree(&self.k.mnt);
-        compare(&dump_tree(&self.o.mnt), &view, "merged view")?;
+        maps_eq(&dump_tree(&self.o.mnt), &view, "merged view")?;
         self.unmount();
         let index = self.setup.opts.contains("index=on");
         let (ku, ou) = (dump_upper(&self.k.upper), dump_upper(&self.o.upper));
         if !index {
-            compare(&ou, &ku, "upper dir")?;
+            maps_eq(&ou, &ku, "upper dir")?;
         }
         let opts = self.setup.opts.clone();
         let m = self.o.dir.join("m-kernel");
@@ -315,7 +315,7 @@ impl Stack {
         );
         let seen = dump_tree(&m);
         drop(km);
-        compare(&seen, &view, "kernel over ovlfuse's layers")?;
+        maps_eq(&seen, &view, "kernel over ovlfuse's layers")?;
         for (side, what) in [
             (&self.k, "ovlfuse over the kernel's layers"),
             (&self.o, "ovlfuse over its own layers"),
@@ -325,7 +325,7 @@ impl Stack {
             let mut om = OvlMount::layers(&side.lowers, Some((&side.upper, &side.work)), &m, &opts);
             let seen = dump_tree(&m);
             om.stop();
-            compare(&seen, &view, what)?;
+            maps_eq(&seen, &view, what)?;
         }
         Ok(())
     }
@@ -334,18 +334,6 @@ impl Stack {
     pub fn finish(mut self) -> Result<(), String> {
         self.check_layers()
     }
-}
-
-fn compare(
-    o: &BTreeMap<String, String>,
-    k: &BTreeMap<String, String>,
-    what: &str,
-) -> Result<(), String> {
-    catch_unwind(AssertUnwindSafe(|| assert_maps_eq(o, k, what))).map_err(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .unwrap_or_else(|| format!("{what} differs"))
-    })
 }
 
 /// Opens without blocking on the fixture's fifo (ENXIO without a reader).
