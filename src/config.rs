@@ -237,6 +237,16 @@ fn parse_u32(key: &str, v: &str) -> Result<u32, ConfigError> {
 }
 
 impl Config {
+    /// The kernel's ovl_allow_offline_changes: none of the features that
+    /// record lower identity are on, so a new dir in a merged dir need not
+    /// be made opaque.
+    pub fn allow_offline_changes(&self) -> bool {
+        !self.index
+            && !self.metacopy
+            && self.redirect_dir != RedirectDir::On
+            && self.xino != Xino::On
+    }
+
     /// Applies one `-o` argument (comma separated items).
     pub fn apply_options(&mut self, opts: &str) -> Result<(), ConfigError> {
         for item in split_options(opts) {

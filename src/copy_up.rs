@@ -153,10 +153,9 @@ impl OvlFs {
                 return Ok(());
             }
         }
-        let meta = how == CopyUp::Meta
-            && self.cfg.metacopy
-            && st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && index.is_none();
+        // With the index too: the index entry is then the metacopy.
+        let meta =
+            how == CopyUp::Meta && self.cfg.metacopy && st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let how = match how {
             CopyUp::Meta if !meta => CopyUp::Data,
             h => h,
@@ -210,9 +209,12 @@ impl OvlFs {
             return Err(e.into());
         }
         if let Some((_, iname)) = &index {
-            let mut s = node.state.write();
-            s.index = Some(Arc::from(iname.as_str()));
-            s.nlink = Some(st.st_nlink as u32);
+            {
+                let mut s = node.state.write();
+                s.index = Some(Arc::from(iname.as_str()));
+                s.nlink = Some(st.st_nlink as u32);
+            }
+            self.share_index(node, iname, st.st_nlink as u32, meta);
         }
         if !meta {
             // A lower metacopy file's data came up with it.
@@ -258,6 +260,26 @@ impl OvlFs {
         Ok(())
     }
 
+    /// The other names of a lower hard link that have nodes of their own
+    /// reach the new index entry from now on, as a lookup would find it.
+    fn share_index(&self, node: &Node, iname: &str, nlink: u32, meta: bool) {
+        for n in self.nodes.all() {
+            let same = n.ino != node.ino
+                && crate::node::is_split_id(n.ino)
+                && !n.has_upper()
+                && n.kind == node.kind
+                && n.st_ino() == node.st_ino();
+            if same {
+                let mut s = n.state.write();
+                s.index = Some(Arc::from(iname));
+                s.nlink = Some(nlink);
+                s.metacopy = meta;
+                drop(s);
+                n.set_upper();
+            }
+        }
+    }
+
     /// Brings the data of a metacopy file up into its upper inode, in place,
     /// then drops the metacopy mark (as the kernel does).
     fn copy_up_data(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
@@ -265,8 +287,13 @@ impl OvlFs {
         if !node.state.read().metacopy {
             return Ok(());
         }
-        let path = self.path_of(node)?;
-        let upper = self.upper()?;
+        let (upper, path) = self.real(node)?;
+        // Another name of the inode (through the index) brought the data up
+        // already: copying the lower data now would undo its writes.
+        if upper.try_getxattr(&path, &self.xn.metacopy)?.is_none() {
+            node.state.write().metacopy = false;
+            return Ok(());
+        }
         if how == CopyUp::Data {
             let (lower, lpath) = self.real_data(node)?;
             let src = lower.open_file(&lpath, libc::O_RDONLY, 0)?;

@@ -175,8 +175,7 @@ impl OvlFs {
         let (pfd, cname) = self.upper_parent(&path)?;
         let dir = matches!(obj, NewObj::Dir(_));
         let parent_merged = !parent.state.read().lowers.is_empty();
-        let opaque =
-            dir && (over_whiteout || (parent_merged && self.cfg.redirect_dir == RedirectDir::On));
+        let opaque = dir && (over_whiteout || (parent_merged && !self.cfg.allow_offline_changes()));
         if over_whiteout && !self.aufs_whiteouts {
             let work = self.work()?;
             let tmp = self.tmp_name();
@@ -427,7 +426,8 @@ impl OvlFs {
         st: &Stat,
     ) -> Result<()> {
         if self.index_layer().is_some() && !node.has_upper() && st.st_nlink > 1 {
-            self.copy_up_name(node, parent, name, CopyUp::Data)?;
+            // Metadata only where metacopy=on, as the kernel's copy-up there.
+            self.copy_up_name(node, parent, name, CopyUp::Meta)?;
         }
         Ok(())
     }
@@ -524,7 +524,20 @@ impl OvlFs {
         };
         let mut dst_redirect = None;
         if let Some((dnode, dst_st)) = &dst {
+            // Two names of one object: the VFS does nothing. With the index
+            // the names of a lower hard link are one object for the kernel,
+            // though each has a node of its own here.
+            let one_inode = self.index.is_some()
+                && !dnode.is_dir()
+                && dnode.kind == src.kind
+                && dnode.st_ino() == src.st_ino();
             if Arc::ptr_eq(dnode, &src) {
+                return Ok(());
+            }
+            if one_inode {
+                // The kernel will move its entry for the old name onto the
+                // new one; both names stay, each with its own node.
+                self.invalidate_entry_later(newparent.ino, newname);
                 return Ok(());
             }
             if exchange {

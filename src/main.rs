@@ -161,6 +161,14 @@ fn main() {
     let _ = core.inval_attr.set(Box::new(move |ino| {
         let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
     }));
+    // Entry invalidations wait for the request that asks for them to be
+    // answered: the kernel holds the dir locked until then.
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, std::ffi::OsString)>();
+    let tx = std::sync::Mutex::new(tx);
+    let _ = core.inval_entry_later.set(Box::new(move |parent, name| {
+        let _ = tx.lock().map(|t| t.send((parent, name.to_os_string())));
+    }));
+    let entry_notifier = session.notifier();
     drop(core);
     // Paths are resolved; a daemon keeps no directory busy.
     sys::mount::chdir_root();
@@ -174,6 +182,11 @@ fn main() {
             Err(e) => die(format!("cannot fork: {e}")),
         }
     }
+    std::thread::spawn(move || {
+        for (parent, name) in rx {
+            let _ = entry_notifier.inval_entry(fuser::INodeNo(parent), &name);
+        }
+    });
     // SIGTERM, SIGINT, SIGHUP: unmount if the mount is still ours, then end,
     // also when another mount namespace still holds the mount (its users
     // then get ENOTCONN, as with libfuse).

@@ -20,6 +20,9 @@ use crate::readdir::DirHandle;
 use crate::sys;
 use crate::{errno, Errno, Result};
 
+/// Asks the kernel to drop its entry (parent node id, name).
+pub type InvalEntry = Box<dyn Fn(u64, &OsStr) + Send + Sync>;
+
 pub struct OvlFs {
     pub cfg: Config,
     pub upper: Option<Layer>,
@@ -58,6 +61,9 @@ pub struct OvlFs {
     /// Tells the kernel to drop its cached attributes of a node (set by the
     /// FUSE front end; absent when the core runs without a mount).
     pub inval_attr: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Tells the kernel, after the current request is answered, to drop
+    /// its cached entry (parent, name) (set by the FUSE front end).
+    pub inval_entry_later: std::sync::OnceLock<InvalEntry>,
     /// Keeps path resolution and rename commits apart.
     pub rename_lock: crate::rename_lock::RenameLock,
     /// The workdir's fd, which holds its in-use lock (the upper's is held
@@ -163,6 +169,7 @@ impl OvlFs {
             xino_bits,
             fs_devs,
             inval_attr: std::sync::OnceLock::new(),
+            inval_entry_later: std::sync::OnceLock::new(),
             rename_lock: Default::default(),
             _work_lock: work_lock,
         })
@@ -336,6 +343,12 @@ impl OvlFs {
     pub fn invalidate_attr(&self, ino: u64) {
         if let Some(f) = self.inval_attr.get() {
             f(ino);
+        }
+    }
+
+    pub fn invalidate_entry_later(&self, parent: u64, name: &OsStr) {
+        if let Some(f) = self.inval_entry_later.get() {
+            f(parent, name);
         }
     }
 

@@ -51,10 +51,9 @@ impl OvlFs {
         if self.cfg.noxattrs {
             return errno(libc::EOPNOTSUPP);
         }
-        self.copy_up(node, CopyUp::Meta)?;
-        let path = self.path_of(node)?;
+        let (layer, path) = self.xattr_target(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
-        Ok(self.upper()?.setxattr(&path, &stored, value, flags)?)
+        Ok(layer.setxattr(&path, &stored, value, flags)?)
     }
 
     pub fn removexattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<()> {
@@ -67,10 +66,19 @@ impl OvlFs {
         }
         // Nothing to remove: fail without copying up.
         self.getxattr(node, name)?;
-        self.copy_up(node, CopyUp::Meta)?;
-        let path = self.path_of(node)?;
+        let (layer, path) = self.xattr_target(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
-        Ok(self.upper()?.removexattr(&path, &stored)?)
+        Ok(layer.removexattr(&path, &stored)?)
+    }
+
+    /// Where an xattr change goes: the upper inode, copied up first if
+    /// there is none. As the kernel's ovl_xattr_set, a name of an inode
+    /// that is already up through the index is not linked up for it.
+    fn xattr_target(&self, node: &Arc<Node>) -> Result<(&crate::layer::Layer, Vec<u8>)> {
+        if !node.has_upper() {
+            self.copy_up(node, CopyUp::Meta)?;
+        }
+        self.real(node)
     }
 
     /// The bare overlay prefix names nothing: the kernel's xattr handler for
