@@ -30,9 +30,11 @@ pub struct LowerDir {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One range of uidmapping/gidmapping: ids `stored..stored+len` as the
+/// layers hold them are shown as `shown..` (fuse-overlayfs's direction).
 pub struct IdMap {
-    pub container: u32,
-    pub host: u32,
+    pub stored: u32,
+    pub shown: u32,
     pub len: u32,
 }
 
@@ -186,13 +188,15 @@ pub fn split_lowerdir(v: &str) -> Result<Vec<LowerDir>, ConfigError> {
     Ok(out)
 }
 
-/// Parses `uidmapping=C:H:N[:C:H:N...]` (a leading ':' is allowed).
+/// Parses `uidmapping=ID:SHOWN:N[:...]` (a leading ':' is allowed): ids
+/// ID.. in the layers show as SHOWN.. (containers/storage passes its
+/// ContainerID:HostID:Size so that unshifted layers appear shifted).
 pub fn parse_idmap(key: &str, v: &str) -> Result<Vec<IdMap>, ConfigError> {
     let v = v.strip_prefix(':').unwrap_or(v);
     let parts: Vec<&str> = v.split(':').collect();
     if v.is_empty() || parts.len() % 3 != 0 {
         return err(format!(
-            "{key}={v}: expected container:host:count triples separated by ':'"
+            "{key}={v}: expected id:shown-id:count triples separated by ':'"
         ));
     }
     let mut out = Vec::new();
@@ -205,13 +209,13 @@ pub fn parse_idmap(key: &str, v: &str) -> Result<Vec<IdMap>, ConfigError> {
             })
         };
         let m = IdMap {
-            container: num(t[0])?,
-            host: num(t[1])?,
+            stored: num(t[0])?,
+            shown: num(t[1])?,
             len: num(t[2])?,
         };
         if m.len == 0
-            || m.container.checked_add(m.len - 1).is_none()
-            || m.host.checked_add(m.len - 1).is_none()
+            || m.stored.checked_add(m.len - 1).is_none()
+            || m.shown.checked_add(m.len - 1).is_none()
         {
             return err(format!(
                 "{key}={v}: range {}:{}:{} is empty or overflows",
@@ -520,8 +524,8 @@ mod tests {
         assert_eq!(
             m[1],
             IdMap {
-                container: 65536,
-                host: 2000,
+                stored: 65536,
+                shown: 2000,
                 len: 10
             }
         );

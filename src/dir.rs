@@ -123,16 +123,9 @@ impl OvlFs {
         Ok(())
     }
 
-    /// The owner of a new object: its inode (host ids), or with
-    /// xattr_permissions the override xattr (the ids the view shows).
-    fn own_new(
-        &self,
-        dir: BorrowedFd,
-        name: &CStr,
-        obj: NewObj,
-        host: Creds,
-        shown: Creds,
-    ) -> Result<()> {
+    /// The owner of a new object (stored ids): its inode, or with
+    /// xattr_permissions the override xattr.
+    fn own_new(&self, dir: BorrowedFd, name: &CStr, obj: NewObj, host: Creds) -> Result<()> {
         // Symlinks take no user.* xattrs: their owner stays in the inode.
         let (Some(x), false) = (&self.override_xattr, matches!(obj, NewObj::Symlink(_))) else {
             return Self::set_owner(dir, name, obj, host);
@@ -142,8 +135,8 @@ impl OvlFs {
             NewObj::Symlink(_) => 0o777,
         };
         let o = crate::format::OverrideStat {
-            uid: shown.uid,
-            gid: shown.gid,
+            uid: host.uid,
+            gid: host.gid,
             mode,
         };
         Ok(sys::setxattr(dir, name, x, &o.encode(), 0)?)
@@ -168,8 +161,7 @@ impl OvlFs {
                 return errno(libc::EPERM);
             }
         }
-        let shown = c;
-        let (uid, gid) = self.ids.creator(c.uid, c.gid)?;
+        let (uid, gid) = self.ids.creator(c.uid, c.gid);
         let c = Creds { uid, gid };
         let (path, over_whiteout) = self.prepare_create(parent, name)?;
         let (pfd, cname) = self.upper_parent(&path)?;
@@ -181,7 +173,7 @@ impl OvlFs {
             let tmp = self.tmp_name();
             let build = || -> Result<()> {
                 Self::make_obj(work.as_fd(), &tmp, obj)?;
-                self.own_new(work.as_fd(), &tmp, obj, c, shown)?;
+                self.own_new(work.as_fd(), &tmp, obj, c)?;
                 if opaque {
                     self.set_opaque(work.as_fd(), &tmp)?;
                 }
@@ -206,7 +198,7 @@ impl OvlFs {
         } else {
             Self::make_obj(pfd.as_fd(), &cname, obj)?;
             let finish = || -> Result<()> {
-                self.own_new(pfd.as_fd(), &cname, obj, c, shown)?;
+                self.own_new(pfd.as_fd(), &cname, obj, c)?;
                 if opaque {
                     self.set_opaque(pfd.as_fd(), &cname)?;
                 }

@@ -123,16 +123,21 @@ impl OvlFs {
             // Owner and mode live in the override xattr, not the inode.
             if a.uid.is_some() || a.gid.is_some() || a.mode.is_some() {
                 let cur = self.getattr(node, a.fh)?;
+                // Stored ids, as the inode would hold them.
+                let (uid, gid) = self.ids.store(
+                    Some(a.uid.unwrap_or(cur.st_uid)),
+                    Some(a.gid.unwrap_or(cur.st_gid)),
+                );
                 let o = crate::format::OverrideStat {
-                    uid: a.uid.unwrap_or(cur.st_uid),
-                    gid: a.gid.unwrap_or(cur.st_gid),
+                    uid: uid.unwrap_or(cur.st_uid),
+                    gid: gid.unwrap_or(cur.st_gid),
                     mode: a.mode.map(|m| m & 0o7777).unwrap_or(cur.st_mode & 0o7777),
                 };
                 upper.setxattr(&path, &name, &o.encode(), 0)?;
             }
         } else {
             let (uid, gid) = self.ids.unsquashed(a.uid, a.gid);
-            let (uid, gid) = self.ids.store(uid, gid)?;
+            let (uid, gid) = self.ids.store(uid, gid);
             if uid.is_some() || gid.is_some() {
                 sys::fchownat(
                     upper.fd(),

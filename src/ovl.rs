@@ -323,8 +323,8 @@ impl OvlFs {
         };
         if let Ok(Some(v)) = layer.try_getxattr(&path, name) {
             if let Some(o) = crate::format::OverrideStat::decode(&v) {
-                st.st_uid = o.uid;
-                st.st_gid = o.gid;
+                // The xattr holds stored ids, as the inode would.
+                (st.st_uid, st.st_gid) = self.ids.show_ids(o.uid, o.gid);
                 st.st_mode = (st.st_mode & libc::S_IFMT) | o.mode;
             }
         }

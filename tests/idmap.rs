@@ -1,6 +1,8 @@
-//! uidmapping/gidmapping and squash options: the layers hold host ids, the
-//! merged view shows container ids; creation and chown store host ids; an id
-//! the map does not cover shows as 65534 and cannot be stored (EINVAL).
+//! uidmapping/gidmapping and squash options, in fuse-overlayfs's direction:
+//! an id as the layers hold it is shown mapped (`uidmapping=0:1000:100`: the
+//! layers' 0..99 show as 1000..1099); creation and chown store the ids the
+//! kernel gives mapped back; an id the map does not cover is 65534 either
+//! way (fuse-overlayfs's overflow id).
 
 mod common;
 
@@ -20,13 +22,11 @@ fn setup(tag: &str) -> Scratch {
     for d in ["u", "w", "m"] {
         fs::create_dir_all(s.0.join(d)).unwrap();
     }
-    for (name, id) in [("mapped", 1000u32), ("mapped50", 1050), ("unmapped", 5)] {
+    // Unshifted layers, as image layers are: the container's root is 0.
+    for (name, id) in [("mapped", 0u32), ("mapped50", 50), ("unmapped", 5000)] {
         write(&s.0.join("l").join(name), b"x\n");
         chown(s.0.join("l").join(name), Some(id), Some(id)).unwrap();
     }
-    // The upper dir belongs to the container's root, as storage sets it up.
-    chown(s.0.join("l"), Some(1000), Some(1000)).unwrap();
-    chown(s.0.join("u"), Some(1000), Some(1000)).unwrap();
     s
 }
 
@@ -40,28 +40,46 @@ fn uid_and_gid_mapping() {
         &m,
         "uidmapping=0:1000:100,gidmapping=0:1000:100",
     );
-    assert_eq!(owner(&m), (0, 0));
-    assert_eq!(owner(&m.join("mapped")), (0, 0));
-    assert_eq!(owner(&m.join("mapped50")), (50, 50));
+    assert_eq!(owner(&m), (1000, 1000));
+    assert_eq!(owner(&m.join("mapped")), (1000, 1000));
+    assert_eq!(owner(&m.join("mapped50")), (1050, 1050));
     assert_eq!(owner(&m.join("unmapped")), (65534, 65534));
-    // Root in the container is host 1000: new files belong to it on disk.
-    fs::write(m.join("new"), b"n").unwrap();
-    assert_eq!(owner(&m.join("new")), (0, 0));
-    assert_eq!(owner(&u.join("new")), (1000, 1000));
-    chown(m.join("new"), Some(10), Some(20)).unwrap();
-    assert_eq!(owner(&m.join("new")), (10, 20));
-    assert_eq!(owner(&u.join("new")), (1010, 1020));
-    let e = chown(m.join("new"), Some(500), None).unwrap_err();
-    assert_eq!(
-        e.raw_os_error(),
-        Some(libc::EINVAL),
-        "an id outside the map"
-    );
-    // A copied-up file keeps its host owner.
+    // The container's root (host 1000 to the kernel) creates a file: it
+    // belongs to the unshifted root on disk.
+    let st = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "touch"])
+        .arg(m.join("new"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(owner(&m.join("new")), (1000, 1000));
+    assert_eq!(owner(&u.join("new")), (0, 0));
+    chown(m.join("new"), Some(1010), Some(1020)).unwrap();
+    assert_eq!(owner(&m.join("new")), (1010, 1020));
+    assert_eq!(owner(&u.join("new")), (10, 20));
+    // Ids outside the map are stored as the overflow id, as fuse-overlayfs
+    // 1.10 does (checked by hand: chown 5 and a root-made file both give
+    // 65534 on disk).
+    chown(m.join("new"), Some(500), None).unwrap();
+    assert_eq!(owner(&u.join("new")), (65534, 20));
+    fs::write(m.join("by-root"), b"r").unwrap();
+    assert_eq!(owner(&u.join("by-root")), (65534, 65534));
+    // A copied-up file keeps its stored owner.
     fs::write(m.join("mapped50"), b"changed\n").unwrap();
-    assert_eq!(owner(&u.join("mapped50")), (1050, 1050));
-    assert_eq!(owner(&m.join("mapped50")), (50, 50));
+    assert_eq!(owner(&u.join("mapped50")), (50, 50));
+    assert_eq!(owner(&m.join("mapped50")), (1050, 1050));
     g.stop();
+}
+
+/// fuse-overlayfs's man page example: a lower file owned by 0:0 under
+/// uidmapping=0:1000:1,gidmapping=0:2000:1 stats as 1000:2000.
+#[test]
+fn man_page_example() {
+    let s = setup("idmap-man");
+    let (l, u, w, m) = (s.0.join("l"), s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    let opts = "uidmapping=0:1000:1,gidmapping=0:2000:1";
+    let _g = OvlMount::layers(&[l], Some((&u, &w)), &m, opts);
+    assert_eq!(owner(&m.join("mapped")), (1000, 2000));
 }
 
 #[test]
@@ -76,7 +94,7 @@ fn squash_to_root_shows_root_and_ignores_chown() {
     assert_eq!(owner(&m.join("mapped50")), (0, 0));
     assert_eq!(
         owner(&u.join("mapped50")),
-        (1050, 1050),
+        (50, 50),
         "chown is a no-op under squash"
     );
 }
@@ -97,7 +115,7 @@ fn xattr_permissions_keep_owner_and_mode_in_an_xattr() {
     let umd = fs::metadata(u.join("mapped50")).unwrap();
     assert_eq!(
         (umd.uid(), umd.gid(), umd.mode() & 0o7777),
-        (1050, 1050, 0o644),
+        (50, 50, 0o644),
         "the inode is not changed"
     );
     assert_eq!(

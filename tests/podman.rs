@@ -3,7 +3,8 @@
 //! dir rename, hard links, then an append in a later step), commit, and see
 //! every change, through both names of the hard link, in new containers.
 //! The same flow runs as root and as rootless podman of a throwaway non-root
-//! user (created, given /dev/fuse, and removed by the test).
+//! user (created, given /dev/fuse, and removed by the test). As root with
+//! --uidmap, ovlfuse shows the unshifted image shifted (uidmapping).
 //! scripts/deps installs podman, runc, uidmap and busybox-static.
 
 mod common;
@@ -27,12 +28,28 @@ struct Podman {
     dir: Scratch,
     /// Rootless: podman runs as this user (see RootlessUser).
     user: Option<&'static str>,
+    /// The mount program, if not this build of ovlfuse.
+    program: Option<String>,
 }
 
 impl Podman {
     fn new() -> Podman {
         let dir = Scratch::new("podman");
-        Podman { dir, user: None }
+        Podman {
+            dir,
+            user: None,
+            program: None,
+        }
+    }
+
+    /// podman as root with another mount program (fuse-overlayfs, to compare).
+    fn with_mount_program(program: &str) -> Podman {
+        let dir = Scratch::new("podman-peer");
+        Podman {
+            dir,
+            user: None,
+            program: Some(program.into()),
+        }
     }
 
     /// Podman run by `user`, on a scratch dir it owns, with its own copy of
@@ -50,6 +67,7 @@ impl Podman {
         Podman {
             dir,
             user: Some(user.name),
+            program: None,
         }
     }
 
@@ -57,7 +75,10 @@ impl Podman {
         let root = self.dir.0.join("root");
         let runroot = self.dir.0.join("runroot");
         let (mut c, program) = match self.user {
-            None => (Command::new("podman"), bin().to_string()),
+            None => (
+                Command::new("podman"),
+                self.program.clone().unwrap_or_else(|| bin().to_string()),
+            ),
             Some(u) => {
                 let mut c = Command::new("runuser");
                 c.args(["-u", u, "--", "env"])
@@ -153,6 +174,60 @@ fn busybox_tar(dir: &Path) -> PathBuf {
 #[test]
 fn podman_run_build_commit_on_ovlfuse() {
     flow(&Podman::new());
+}
+
+/// podman as root with --uidmap: storage passes the map to the mount
+/// program as `uidmapping=:0:100000:65536`. What the container writes is
+/// stored unshifted (owned by 0), and everything the containers see is what
+/// they see with fuse-overlayfs 1.10 as mount_program, run beside.
+#[test]
+fn podman_uidmap_on_ovlfuse() {
+    let ours = Podman::new();
+    let theirs = Podman::with_mount_program("/usr/bin/fuse-overlayfs");
+    let a = uidmap_flow(&ours);
+    let b = uidmap_flow(&theirs);
+    assert_eq!(a, b, "ovlfuse (left) vs fuse-overlayfs (right)");
+    // The container's root wrote /newfile: root inside, 0 on disk.
+    assert!(a[0].contains("/newfile 0:0\n"), "{}", a[0]);
+}
+
+/// Runs, inspects, commits and reruns a mapped container; returns what the
+/// containers printed, then the owner of /newfile in the upper dir.
+fn uidmap_flow(p: &Podman) -> Vec<String> {
+    let tar = busybox_tar(&p.dir.0);
+    p.cmd(&["import", tar.to_str().unwrap(), "localhost/bb:latest"]);
+    let map = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+    let script = "echo x > /newfile && mkdir /newdir && stat -c '%n %u:%g' /bin/busybox /srv/conf.d/old /newfile /newdir && cat /proc/self/uid_map | tr -s ' '";
+    let mut v = vec!["run", "--name", "mapped"];
+    v.extend(LIMITS);
+    v.extend(map);
+    v.extend(["localhost/bb", "sh", "-c", script]);
+    let mut seen = vec![String::from_utf8_lossy(&p.cmd(&v).stdout).into_owned()];
+    let upper = p.cmd(&[
+        "inspect",
+        "mapped",
+        "--format",
+        "{{.GraphDriver.Data.UpperDir}}",
+    ]);
+    let upper = PathBuf::from(String::from_utf8_lossy(&upper.stdout).trim());
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(upper.join("newfile")).unwrap();
+    seen.push(format!("upper /newfile {}:{}", md.uid(), md.gid()));
+    p.cmd(&["commit", "mapped", "localhost/mapped-commit"]);
+    p.cmd(&["rm", "mapped"]);
+    for extra in [&map[..], &[]] {
+        let mut v = vec!["run", "--rm"];
+        v.extend(LIMITS);
+        v.extend(extra);
+        v.extend([
+            "localhost/mapped-commit",
+            "sh",
+            "-c",
+            "stat -c '%n %u:%g' /newfile /newdir /bin/busybox && cat /newfile",
+        ]);
+        seen.push(String::from_utf8_lossy(&p.cmd(&v).stdout).into_owned());
+    }
+    seen
 }
 
 /// The same flow with rootless podman as a non-root user, in its user
