@@ -403,8 +403,22 @@ impl OvlFs {
         if let Some(n) = indexed {
             self.store_nlink(&node, n.saturating_sub(1))?;
         }
-        node.remove_alias(parent, name, want_dir || st.st_nlink <= 1);
+        self.detach(&node, parent, name, want_dir || st.st_nlink <= 1);
         Ok(())
+    }
+
+    /// A name of `node` went away: forget it, and when no name is left keep
+    /// the paths of its lower parts, so an fd still open on it can fstat.
+    fn detach(&self, node: &Node, parent: &Arc<Node>, name: &OsStr, last_link: bool) {
+        if last_link {
+            if let Some(path) = node.path() {
+                let mut s = node.state.write();
+                for l in s.lowers.iter_mut().filter(|l| l.path.is_none()) {
+                    l.path = Some(Arc::from(path.as_slice()));
+                }
+            }
+        }
+        node.remove_alias(parent, name, last_link);
     }
 
     /// Before one name of a hard-linked lower file goes away, copy it up into
@@ -436,8 +450,12 @@ impl OvlFs {
         if !last || format::is_whiteout(ust) || node.nlookup() == 0 {
             return None;
         }
-        if self.map_ino(0, ust) != node.ino {
-            return None; // A copy-up: the number is the lower's, never reused.
+        // A copied-up file's number is the lower's, never reused, and its
+        // open files answer fstat; other objects stay held for fstat of
+        // an fd the kernel opened itself (fifos, devices, dirs).
+        let reg = ust.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if self.map_ino(0, ust) != node.st_ino() && reg {
+            return None;
         }
         // Open files may keep reading it: then it is kept whole, as the
         // kernel keeps an unlinked file that is open.
@@ -666,7 +684,12 @@ impl OvlFs {
             if let Some(n) = counted {
                 self.store_nlink(d, n.saturating_sub(1))?;
             }
-            d.remove_alias(newparent, newname, is_dir(dst_st) || dst_st.st_nlink <= 1);
+            self.detach(
+                d,
+                newparent,
+                newname,
+                is_dir(dst_st) || dst_st.st_nlink <= 1,
+            );
         }
         src.rename_alias(parent, name, newparent, newname);
         self.move_split(&src, parent, name, newparent, newname);

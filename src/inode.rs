@@ -86,18 +86,21 @@ impl OvlFs {
         Ok(st)
     }
 
-    /// fstat through an open file of the node (for objects without a name).
+    /// fstat through an open file of the node (for objects without a name,
+    /// or the fd that holds a removed object until the kernel forgets it).
     fn stat_open(&self, node: &Node, fh: Option<u64>) -> Option<Stat> {
         let f = match fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone())) {
-            Some(f) if f.node.ino == node.ino => f,
+            Some(f) if f.node.ino == node.ino => Some(f),
             _ => self
                 .files
                 .iter()
                 .find(|f| f.node.ino == node.ino)
-                .map(|f| f.clone())?,
+                .map(|f| f.clone()),
         };
-        let fd = f.fd();
-        sys::fstat(fd.as_fd()).ok()
+        match f {
+            Some(f) => sys::fstat(f.fd().as_fd()).ok(),
+            None => sys::fstat(self.pinned.get(&node.ino)?.as_fd()).ok(),
+        }
     }
 
     pub fn setattr(&self, node: &Arc<Node>, a: SetAttr) -> Result<Stat> {

@@ -229,15 +229,15 @@ impl OvlFs {
                 return Ok((ix, name.as_bytes().to_vec()));
             }
         }
-        let path = self.path_of(node)?;
         if node.has_upper() {
-            return Ok((self.upper()?, path));
+            return Ok((self.upper()?, self.path_of(node)?));
         }
         let st = node.state.read();
         let l = st.lowers.first().ok_or(Errno(libc::ENOENT))?;
+        // An explicit lower path holds also once the object has no name.
         let lp = match &l.path {
             Some(p) => p.to_vec(),
-            None => path,
+            None => self.path_of(node)?,
         };
         Ok((&self.lowers[l.layer as usize], lp))
     }

@@ -165,7 +165,10 @@ impl OvlFs {
                     dtype: libc::DT_DIR,
                 },
             ];
-            v.extend(self.merged_entries(node)?);
+            // A removed dir lists nothing, as on the kernel's overlay.
+            if !node.state.read().dead {
+                v.extend(self.merged_entries(node)?);
+            }
             *h.entries.lock() = Arc::new(v);
         }
         let e = h.entries.lock().clone();

@@ -634,3 +634,50 @@ fn aufs_markers_read_like_kernel_whiteouts() {
     p.both("unlink a/x", |m| res(fs::remove_file(m.join("a/x"))));
     finish(p);
 }
+
+/// Issue 12.1: a dir held open keeps answering through its handle when its
+/// name is renamed over, removed or renamed away: fstat (nlink 0 for a
+/// removed upper dir, the lower's count for a lower one), listing, fsync.
+#[test]
+fn open_dir_after_rename_over_rmdir_and_rename_away() {
+    use std::os::fd::AsRawFd;
+    let p = Pair::new(K, O);
+    let probe = |d: &fs::File| {
+        let md = d.metadata().map(|m| (m.nlink(), m.mode()));
+        // SAFETY: a valid fd.
+        let sync = unsafe { libc::fsync(d.as_raw_fd()) };
+        let list = fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd())).map(|r| r.count());
+        format!("{md:?} fsync={sync} list={list:?}")
+    };
+    p.both("rename a lower dir over a lower dir", |m| {
+        fs::create_dir(m.join("emptydir2")).unwrap();
+        let d = fs::File::open(m.join("emptydir")).unwrap();
+        let r = res(fs::rename(m.join("emptydir2"), m.join("emptydir")));
+        format!("{r} {}", probe(&d))
+    });
+    p.both("rename an upper dir over an open upper dir", |m| {
+        fs::create_dir(m.join("u1")).unwrap();
+        fs::create_dir(m.join("u2")).unwrap();
+        let d = fs::File::open(m.join("u2")).unwrap();
+        let r = res(fs::rename(m.join("u1"), m.join("u2")));
+        format!("{r} {}", probe(&d))
+    });
+    p.both("rmdir of an open dir", |m| {
+        fs::create_dir(m.join("gone")).unwrap();
+        let d = fs::File::open(m.join("gone")).unwrap();
+        let r = res(fs::remove_dir(m.join("gone")));
+        format!("{r} {}", probe(&d))
+    });
+    p.both("rmdir of an open lower dir", |m| {
+        let d = fs::File::open(m.join("a/sub")).unwrap();
+        fs::remove_file(m.join("a/sub/z")).unwrap();
+        let r = res(fs::remove_dir(m.join("a/sub")));
+        format!("{r} {}", probe(&d))
+    });
+    p.both("rename an open dir away", |m| {
+        let d = fs::File::open(m.join("deep")).unwrap();
+        let r = res(fs::rename(m.join("deep"), m.join("deep-moved")));
+        format!("{r} {}", probe(&d))
+    });
+    finish(p);
+}
