@@ -81,6 +81,19 @@ pub fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> io::Result<()> 
     sys::ftruncate(dst, size)
 }
 
+/// Puts a dir's atime and mtime back to `st`'s: copy-up and link-up add an
+/// entry that is no change of the merged dir (the kernel does the same).
+fn keep_times(dir: &OwnedFd, st: &Stat) {
+    let _ = sys::utimensat(
+        dir.as_fd(),
+        c".",
+        [
+            (st.st_atime, st.st_atime_nsec),
+            (st.st_mtime, st.st_mtime_nsec),
+        ],
+    );
+}
+
 fn copy_by_read(src: BorrowedFd, dst: BorrowedFd, pos: u64, want: usize) -> io::Result<usize> {
     let mut buf = vec![0u8; want.min(1 << 20)];
     let n = sys::pread(src, &mut buf, pos)?;
@@ -147,6 +160,7 @@ impl OvlFs {
                     &name,
                     0,
                 )?;
+                keep_times(&pfd, &pst);
                 node.state.write().index = Some(Arc::from(iname.as_str()));
                 node.set_upper();
                 self.store_nlink(node, n)?;
@@ -228,15 +242,7 @@ impl OvlFs {
             }
         }
         // A copy-up is no change of the parent: keep its times as they were.
-        let t = |s: i64, n: i64| (s, n);
-        let _ = sys::utimensat(
-            pfd.as_fd(),
-            c".",
-            [
-                t(pst.st_atime, pst.st_atime_nsec),
-                t(pst.st_mtime, pst.st_mtime_nsec),
-            ],
-        );
+        keep_times(&pfd, &pst);
         self.sync_dir(&pfd);
         if fh.is_some() {
             self.set_impure(crate::layer::split_parent(&path).0)?;
@@ -298,18 +304,13 @@ impl OvlFs {
             let (lower, lpath) = self.real_data(node)?;
             let src = lower.open_file(&lpath, libc::O_RDONLY, 0)?;
             let size = sys::fstat(src.as_fd())?.st_size as u64;
+            // The copy moves mtime, as the kernel's data copy-up of a
+            // metacopy file does (it keeps no times here).
             let dst = upper.open_file(&path, libc::O_WRONLY, 0)?;
-            let before = sys::fstat(dst.as_fd())?;
             copy_data(src.as_fd(), dst.as_fd(), size)?;
             if self.fsync_enabled() {
                 sys::fsync(dst.as_fd(), false)?;
             }
-            // Bringing the data up is no modification: keep the times.
-            let times = [
-                (before.st_atime, before.st_atime_nsec),
-                (before.st_mtime, before.st_mtime_nsec),
-            ];
-            sys::utimensat(upper.fd(), &crate::layer::to_c(&path)?, times)?;
         }
         upper.removexattr(&path, &self.xn.metacopy)?;
         node.state.write().metacopy = false;
@@ -340,6 +341,7 @@ impl OvlFs {
         if let (Some(iname), Some(ix)) = (iname, self.index_layer()) {
             self.copy_up(&node.parent().ok_or(Errno(libc::ENOENT))?, CopyUp::Data)?;
             let (pfd, cname) = self.upper_parent(&path)?;
+            let pst = sys::fstatat(pfd.as_fd(), c".")?;
             sys::linkat(
                 ix.fd(),
                 &CString::new(iname.as_bytes()).expect("hex"),
@@ -347,6 +349,7 @@ impl OvlFs {
                 &cname,
                 0,
             )?;
+            keep_times(&pfd, &pst);
             // The upper inode gained a link, the merged view did not.
             let n = node.state.read().nlink;
             if let Some(n) = n {
@@ -362,6 +365,7 @@ impl OvlFs {
             if upper.try_stat(&src)?.is_some() {
                 self.copy_up(&node.parent().ok_or(Errno(libc::ENOENT))?, CopyUp::Data)?;
                 let (pfd, cname) = self.upper_parent(&path)?;
+                let pst = sys::fstatat(pfd.as_fd(), c".")?;
                 sys::linkat(
                     upper.fd(),
                     &crate::layer::to_c(&src)?,
@@ -369,6 +373,7 @@ impl OvlFs {
                     &cname,
                     0,
                 )?;
+                keep_times(&pfd, &pst);
                 return Ok(());
             }
         }
