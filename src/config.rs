@@ -179,6 +179,9 @@ pub fn split_lowerdir(v: &str) -> Result<Vec<LowerDir>, ConfigError> {
             _ => cur.push(c),
         }
     }
+    if v.is_empty() {
+        return err("lowerdir= is empty: give at least one layer, lowerdir=DIR[:DIR...]");
+    }
     if cur.is_empty() {
         return err(format!(
             "lowerdir={v}: empty layer path at the end; remove the trailing ':'"

@@ -11,6 +11,7 @@ pub mod idmap;
 pub mod index;
 pub mod inode;
 pub mod layer;
+pub mod logger;
 pub mod mount;
 pub mod namei;
 pub mod node;

@@ -11,7 +11,7 @@ use fuser::SessionACL;
 use ovlfuse::config::Config;
 use ovlfuse::fuse::OvlFuse;
 use ovlfuse::mount::{self, MountArgs};
-use ovlfuse::{sys, OvlFs};
+use ovlfuse::{logger, sys, OvlFs};
 
 const LONG_HELP: &str = "\
 Mount options (-o, comma separated, several -o are merged):
@@ -58,13 +58,27 @@ struct Cli {
     args: Vec<PathBuf>,
 }
 
+/// clap's errors in ovlfuse's form: one line naming the problem, exit 1;
+/// --help prints the full usage (and exits 0).
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        exit(0);
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("bad arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    die(format!("{first}; see ovlfuse --help"))
+}
+
 fn die(msg: impl std::fmt::Display) -> ! {
     eprintln!("ovlfuse: {msg}");
     exit(1)
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     // Blocked from the start: a SIGTERM that comes as soon as the mount
     // appears must unmount it, not kill the process and leave it behind.
     let sigs = sys::block_term_signals();
@@ -107,7 +121,7 @@ fn main() {
     } else {
         "info,fuser=error,fuser::reply=off"
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    logger::init(level, &prog);
     let cwd = std::env::current_dir()
         .unwrap_or_else(|e| die(format!("cannot read the current directory: {e}")));
     let mnt = cfg.validate(&cwd, &mountpoint).unwrap_or_else(|e| die(e));
@@ -177,6 +191,8 @@ fn main() {
             Ok(0) => {
                 sys::setsid();
                 sys::detach_stdio();
+                // Warnings and errors from now on go to syslog.
+                logger::to_syslog();
             }
             Ok(_) => sys::exit_now(0),
             Err(e) => die(format!("cannot fork: {e}")),

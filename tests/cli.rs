@@ -206,6 +206,7 @@ fn validation_errors_are_one_line_and_exit_1() {
         (l1_with("threads=many"), "threads"),
         (l1_with("fsync=sometimes"), "fsync"),
         (l1_with("upperdir"), "needs a value"),
+        ("lowerdir=".into(), "lowerdir= is empty"),
     ];
     for (opts, want) in &cases {
         let out = ovlfuse(&["-o", opts, &d.s("m")], &d.s.0);
@@ -230,6 +231,22 @@ fn validation_errors_are_one_line_and_exit_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("mountpoint"));
     let out = ovlfuse(&[], &d.s.0);
     assert_eq!(out.status.code(), Some(1));
+    // Bad command lines: one line too, pointing to --help, exit 1.
+    for args in [
+        &["--bogus", "m"][..],
+        &["-o"][..],
+        &["-o", "lowerdir=l1", "a", "b", "c"][..],
+        &["-x", "m"][..],
+    ] {
+        let out = ovlfuse(args, &d.s.0);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("ovlfuse: ") && err.contains("--help"),
+            "{err}"
+        );
+    }
     assert!(
         daemons_for(&d.p("m")).is_empty(),
         "a daemon is left running"

@@ -177,3 +177,117 @@ fn sigterm_ends_the_daemon_while_another_namespace_holds_the_mount() {
         }
     }
 }
+
+/// In the background the daemon's warnings go to syslog (here a socket of
+/// the test's, through OVLFUSE_SYSLOG_SOCKET), its cwd is `/`, and the mount
+/// is of type fuse.ovlfuse with SOURCE as its source.
+#[test]
+fn background_daemon_logs_to_syslog_and_leaves_its_cwd() {
+    use std::os::unix::net::UnixDatagram;
+    let s = Scratch::new("syslog");
+    let opts = layers(&s);
+    fs::create_dir_all(s.0.join("l/bad")).unwrap();
+    set_xattr(&s.0.join("l/bad"), "trusted.overlay.redirect", b"../x");
+    let sock_path = s.0.join("log.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mnt = s.0.join("m");
+    let out = Command::new(bin())
+        .args(["-o", &opts, "mysource"])
+        .arg(&mnt)
+        .env("OVLFUSE_SYSLOG_SOCKET", &sock_path)
+        .current_dir(&s.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guard = MountGuard(mnt.clone());
+    let line = fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(&*mnt.display().to_string()))
+        .map(str::to_string)
+        .unwrap();
+    assert!(
+        line.starts_with("mysource ") && line.contains(" fuse.ovlfuse "),
+        "{line}"
+    );
+    // The lookup of a dir with a bad redirect logs a warning, after start-up.
+    let e = fs::read_dir(mnt.join("bad")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    let mut buf = [0u8; 1024];
+    let n = sock.recv(&mut buf).expect("nothing reached syslog");
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        msg.starts_with("<28>ovlfuse[") && msg.contains("bad redirect"),
+        "{msg}"
+    );
+    let pid: u32 = msg["<28>ovlfuse[".len()..]
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        Path::new("/")
+    );
+    drop(guard);
+}
+
+/// Unmounts on drop (the daemon then exits by itself).
+struct MountGuard(std::path::PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        umount(&self.0);
+    }
+}
+
+/// libfuse's convention: a privileged helper mounts /dev/fuse itself and
+/// starts the daemon with `/dev/fd/N` as its mountpoint; ovlfuse serves
+/// that connection (here the test is the helper).
+#[test]
+fn serves_a_connection_mounted_by_a_helper() {
+    use std::ffi::CString;
+    let s = Scratch::new("devfd");
+    let opts = layers(&s);
+    let mnt = s.0.join("m");
+    // SAFETY: plain syscalls; the fd is left inheritable on purpose.
+    let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR) };
+    assert!(fd >= 0);
+    let data = CString::new(format!(
+        "fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other"
+    ))
+    .unwrap();
+    let target = CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::mount(
+            c"helper".as_ptr(),
+            target.as_ptr(),
+            c"fuse.ovlfuse".as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(r, 0, "mount: {}", std::io::Error::last_os_error());
+    let guard = MountGuard(mnt.clone());
+    let mut child = Command::new(bin())
+        .args(["-f", "-o", &opts])
+        .arg(format!("/dev/fd/{fd}"))
+        .spawn()
+        .unwrap();
+    // SAFETY: our copy of the fd; the daemon has its own.
+    unsafe { libc::close(fd) };
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"lower\n");
+    fs::write(mnt.join("new"), b"n").unwrap();
+    assert_eq!(fs::read(s.0.join("u/new")).unwrap(), b"n");
+    drop(guard);
+    let st = wait_exit(&mut child, 10).expect("the daemon did not end at unmount");
+    assert!(st.success());
+}
