@@ -54,15 +54,25 @@ fn is_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
+/// What a new name goes over in the upper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    Nothing,
+    /// A char 0/0 whiteout at the name: replaced atomically.
+    Device,
+    /// A `.wh.NAME` marker beside it: dropped once the name is taken.
+    Marker,
+}
+
 impl OvlFs {
     /// Checks that `name` is free in the merged view, copies the parent up,
     /// and tells whether the upper holds a whiteout there.
-    fn prepare_create(&self, parent: &Arc<Node>, name: &OsStr) -> Result<(Vec<u8>, bool)> {
+    fn prepare_create(&self, parent: &Arc<Node>, name: &OsStr) -> Result<(Vec<u8>, Over)> {
         if self.read_only() {
             return errno(libc::EROFS);
         }
-        if self.aufs_whiteouts && format::is_aufs_name(name) {
-            // Such a name would act as a whiteout in this upper.
+        if format::is_aufs_name(name) {
+            // `.wh.` names are whiteout markers in every layer, never entries.
             return errno(libc::EINVAL);
         }
         let parent_had_upper = parent.has_upper();
@@ -75,11 +85,18 @@ impl OvlFs {
         }
         self.copy_up(parent, CopyUp::Data)?;
         let path = join(&self.path_of(parent)?, name);
-        if !parent_had_upper {
+        if !parent_had_upper || !over_whiteout {
             // A parent just copied up holds no whiteouts.
-            over_whiteout = false;
+            return Ok((path, Over::Nothing));
         }
-        Ok((path, over_whiteout))
+        // A char 0/0 at the name, or a `.wh.` marker beside it (this upper's
+        // form, or one fuse-overlayfs left).
+        let device = !self.aufs_whiteouts
+            && self
+                .upper()?
+                .try_stat(&path)?
+                .is_some_and(|st| format::is_whiteout(&st));
+        Ok((path, if device { Over::Device } else { Over::Marker }))
     }
 
     fn make_obj(dir: BorrowedFd, name: &CStr, obj: NewObj) -> Result<()> {
@@ -163,12 +180,13 @@ impl OvlFs {
         }
         let (uid, gid) = self.ids.creator(c.uid, c.gid);
         let c = Creds { uid, gid };
-        let (path, over_whiteout) = self.prepare_create(parent, name)?;
+        let (path, over) = self.prepare_create(parent, name)?;
         let (pfd, cname) = self.upper_parent(&path)?;
         let dir = matches!(obj, NewObj::Dir(_));
         let parent_merged = !parent.state.read().lowers.is_empty();
+        let over_whiteout = over != Over::Nothing;
         let opaque = dir && (over_whiteout || (parent_merged && !self.cfg.allow_offline_changes()));
-        if over_whiteout && !self.aufs_whiteouts {
+        if over == Over::Device {
             let work = self.work()?;
             let tmp = self.tmp_name();
             let build = || -> Result<()> {
@@ -212,7 +230,7 @@ impl OvlFs {
                 );
                 return Err(e);
             }
-            if over_whiteout {
+            if over == Over::Marker {
                 self.drop_aufs_whiteout(&pfd, &cname)?;
             }
         }
@@ -252,7 +270,7 @@ impl OvlFs {
         if node.is_dir() {
             return errno(libc::EPERM);
         }
-        let (path, over_whiteout) = self.prepare_create(newparent, newname)?;
+        let (path, over) = self.prepare_create(newparent, newname)?;
         self.copy_up(node, CopyUp::Meta)?;
         if node.state.read().metacopy {
             // Every name of a metacopy file must find its data: an absolute
@@ -273,10 +291,10 @@ impl OvlFs {
         let upper = self.upper()?;
         let src = to_c(&self.path_of(node)?)?;
         let (pfd, cname) = self.upper_parent(&path)?;
-        if over_whiteout && self.aufs_whiteouts {
+        if over == Over::Marker {
             sys::linkat(upper.fd(), &src, pfd.as_fd(), &cname, 0)?;
             self.drop_aufs_whiteout(&pfd, &cname)?;
-        } else if over_whiteout {
+        } else if over == Over::Device {
             let work = self.work()?;
             let tmp = self.tmp_name();
             sys::linkat(upper.fd(), &src, work.as_fd(), &tmp, 0)?;

@@ -77,11 +77,11 @@ impl OvlFs {
             let u = self.upper()?;
             // The upper's `.wh.` files are markers, never entries; one
             // hides the lower names (an upper entry of the name wins).
-            if self.aufs_whiteouts && format::is_aufs_name(name) {
+            if format::is_aufs_name(name) {
                 return Ok(None);
             }
             let ust = u.try_stat(&path)?;
-            if ust.is_none() && self.aufs_whiteouts {
+            if ust.is_none() && (self.aufs_whiteouts || self.upper_markers(parent, &ppath)?) {
                 let wh = join(&ppath, &format::aufs_whiteout_name(name));
                 if u.try_stat(&wh)?.is_some() {
                     *upper_whiteout = true;
@@ -99,7 +99,7 @@ impl OvlFs {
                 upper = true;
                 top = Some((st, 0));
                 if is_dir(&st) {
-                    let m = self.dir_marks(u, &path, false)?;
+                    let m = self.dir_marks(u, &path)?;
                     descend = !m.opaque;
                     origin = m.origin;
                     if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
@@ -210,7 +210,7 @@ impl OvlFs {
                 Some(_) if !is_dir(&st) => break,
                 Some(_) => lowers.push(lref),
             }
-            let m = self.dir_marks(layer, &lpath, true)?;
+            let m = self.dir_marks(layer, &lpath)?;
             if m.opaque {
                 break;
             }
@@ -379,6 +379,21 @@ impl OvlFs {
         Some((found, st))
     }
 
+    /// Whether the parent's upper dir holds `.wh.NAME` markers: read once
+    /// per dir (an upper that fuse-overlayfs wrote where it could not make
+    /// char 0/0 whiteouts), so that lookups of other uppers pay nothing.
+    fn upper_markers(&self, parent: &Node, ppath: &[u8]) -> Result<bool> {
+        if let Some(m) = parent.state.read().upper_markers {
+            return Ok(m);
+        }
+        let names = self.upper()?.read_dir(ppath)?;
+        let m = names
+            .iter()
+            .any(|(n, _, _)| format::aufs_whiteout_target(n).is_some());
+        parent.state.write().upper_markers = Some(m);
+        Ok(m)
+    }
+
     /// The st_ino (and node id) of a non-split upper object: what copy-up
     /// recorded this mount, else its origin's number where that holds.
     fn upper_ino(&self, st: &Stat, fh: Option<&crate::format::FileHandle>, indexed: bool) -> u64 {
@@ -485,7 +500,7 @@ impl OvlFs {
             if !is_dir(&st) || format::is_whiteout(&st) || self.is_xwhiteout(layer, &phys, &st)? {
                 return Ok(Walk::Stop);
             }
-            let m = self.dir_marks(layer, &phys, true)?;
+            let m = self.dir_marks(layer, &phys)?;
             if m.opaque {
                 opaque = true;
                 continue;

@@ -54,6 +54,9 @@ pub struct NodeState {
     pub nlink: Option<u32>,
     /// A metacopy upper file: its data is still in lowers[0].
     pub metacopy: bool,
+    /// Whether this dir's upper holds `.wh.NAME` markers (an upper that
+    /// fuse-overlayfs wrote where mknod was refused); None: not looked yet.
+    pub upper_markers: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -296,6 +299,7 @@ impl NodeTable {
                     index: f.index.clone(),
                     nlink: f.nlink,
                     metacopy: f.metacopy,
+                    upper_markers: None,
                 },
             );
             n.nlookup.store(nlookup + count as u64, Ordering::Release);

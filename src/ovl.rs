@@ -270,7 +270,7 @@ impl OvlFs {
 
     /// The opaque and redirect markers of a dir in one layer; one listxattr
     /// when it has none. A lower dir may also be opaque by `.wh..wh..opq`.
-    pub fn dir_marks(&self, layer: &Layer, path: &[u8], lower: bool) -> Result<DirMarks> {
+    pub fn dir_marks(&self, layer: &Layer, path: &[u8]) -> Result<DirMarks> {
         let names = match layer.listxattr(path) {
             Ok(n) => n,
             Err(e)
@@ -306,7 +306,9 @@ impl OvlFs {
                 }
             }
         }
-        if lower && !m.opaque {
+        // The AUFS opaque marker, in lowers and in uppers fuse-overlayfs
+        // wrote (beside its xattr, or alone where xattrs failed).
+        if !m.opaque {
             let marker = layer::join(path, OsStr::from_bytes(crate::format::WH_OPAQUE));
             m.opaque = layer.try_stat(&marker)?.is_some();
         }

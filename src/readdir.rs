@@ -49,9 +49,13 @@ impl OvlFs {
             // Children of an impure dir may carry origins: their d_ino is
             // the origin's, as st_ino is (the kernel does the same).
             let impure = u.try_getxattr(&path, &self.xn.impure)?.is_some();
+            let mut markers = false;
             for (name, ino, dtype) in u.read_dir(&path)? {
-                if self.aufs_whiteouts && format::is_aufs_name(&name) {
+                // `.wh.` files are markers in the upper too (ovlfuse's AUFS
+                // mode, or an upper fuse-overlayfs wrote).
+                if format::is_aufs_name(&name) {
                     if let Some(t) = format::aufs_whiteout_target(&name) {
+                        markers = true;
                         seen.insert(t.to_os_string());
                     }
                     continue;
@@ -72,6 +76,7 @@ impl OvlFs {
                 };
                 out.push(DirEntry { name, ino, dtype });
             }
+            node.state.write().upper_markers = Some(markers);
         }
         for l in &lowers {
             let layer = &self.lowers[l.layer as usize];

@@ -31,13 +31,10 @@ impl OvlFs {
 
     /// Drops the AUFS whiteout of `cname` once an object took the name.
     pub fn drop_aufs_whiteout(&self, pfd: &OwnedFd, cname: &CStr) -> Result<()> {
-        if self.aufs_whiteouts {
-            match sys::unlinkat(pfd.as_fd(), &aufs_name(cname)?, 0) {
-                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e.into()),
-                _ => {}
-            }
+        match sys::unlinkat(pfd.as_fd(), &aufs_name(cname)?, 0) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e.into()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Replaces the upper entry `cname` of `pfd` by a whiteout (atomically
