@@ -416,6 +416,7 @@ fn install_layout_and_mount_helper() {
     let dest = d.p("dest");
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(format!("{root}/scripts/install"))
+        .arg("--as-fuse-overlayfs")
         .env("DESTDIR", &dest)
         .env("BIN", bin())
         .output()
@@ -426,6 +427,11 @@ fn install_layout_and_mount_helper() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dest.join("usr/local/bin/ovlfuse").is_file());
+    // Docker's fuse-overlayfs driver runs this name from its PATH.
+    assert_eq!(
+        fs::read_link(dest.join("usr/local/bin/fuse-overlayfs")).unwrap(),
+        PathBuf::from("ovlfuse")
+    );
     assert!(dest.join("usr/local/share/man/man1/ovlfuse.1").is_file());
     let helper = dest.join("usr/sbin/mount.fuse.ovlfuse");
     assert_eq!(

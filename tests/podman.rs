@@ -10,7 +10,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::*;
@@ -143,32 +143,6 @@ impl Drop for Podman {
             umount(&m);
         }
     }
-}
-
-fn busybox_tar(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::create_dir_all(rootfs.join("tmp")).unwrap();
-    fs::create_dir_all(rootfs.join("srv/conf.d")).unwrap();
-    fs::write(rootfs.join("srv/conf.d/old"), b"old\n").unwrap();
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("busybox-static missing: run scripts/test");
-    for c in [
-        "sh", "ls", "cat", "echo", "rm", "mkdir", "mv", "ln", "chmod", "stat", "cp", "true", "tr",
-    ] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
-    }
-    let tar = dir.join("busybox.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    tar
 }
 
 #[test]

@@ -819,3 +819,35 @@ pub fn ls(p: &Path) -> Result<Vec<String>, i32> {
 pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
+
+/// A busybox rootfs (its applets as links, /srv/conf.d/old, /img with a
+/// hard link, /img/low/f) as a tar to import as a container image.
+pub fn busybox_tar(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    fs::create_dir_all(rootfs.join("srv/conf.d")).unwrap();
+    fs::write(rootfs.join("srv/conf.d/old"), b"old\n").unwrap();
+    fs::create_dir_all(rootfs.join("img/low")).unwrap();
+    fs::write(rootfs.join("img/low/f"), b"low\n").unwrap();
+    fs::write(rootfs.join("img/a"), b"a\n").unwrap();
+    fs::hard_link(rootfs.join("img/a"), rootfs.join("img/hard")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("busybox-static missing: run scripts/test");
+    for c in [
+        "sh", "ls", "cat", "echo", "rm", "mkdir", "mv", "ln", "chmod", "stat", "cp", "true", "tr",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(c)).unwrap();
+    }
+    let tar = dir.join("busybox.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
