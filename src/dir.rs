@@ -305,16 +305,20 @@ impl OvlFs {
         } else {
             sys::linkat(upper.fd(), &src, pfd.as_fd(), &cname, 0)?;
         }
-        let lowers = node.state.read().lowers.clone();
-        let found = Found {
-            ino: node.ino,
-            kind: node.kind,
-            upper: true,
-            lowers,
-            redirect: None,
-            index: node.state.read().index.clone(),
-            nlink: None,
-            metacopy: node.state.read().metacopy,
+        // The same object under one more name: its state carries over (a
+        // metacopy file's redirect to its data among it).
+        let found = {
+            let s = node.state.read();
+            Found {
+                ino: node.ino,
+                kind: node.kind,
+                upper: true,
+                lowers: s.lowers.clone(),
+                redirect: s.redirect.clone(),
+                index: s.index.clone(),
+                nlink: None,
+                metacopy: s.metacopy,
+            }
         };
         let n = self.nodes.intern(newparent, newname, found, true);
         let counted = n.state.read().nlink;
@@ -752,7 +756,16 @@ impl OvlFs {
         abs: bool,
     ) -> Result<Option<Vec<u8>>> {
         let samedir = Arc::ptr_eq(parent, newparent) && !abs;
-        if let Some(r) = &node.state.read().redirect {
+        // The redirect belongs to the inode: another name of it (through
+        // the index) may have set one already, which then holds.
+        let mut existing = node.state.read().redirect.clone();
+        if existing.is_none() && node.has_upper() && !node.is_dir() {
+            let (layer, path) = self.real(node)?;
+            existing = layer
+                .try_getxattr(&path, &self.xn.redirect)?
+                .map(|v| Arc::from(v.as_slice()));
+        }
+        if let Some(r) = &existing {
             if samedir || r.first() == Some(&b'/') {
                 return Ok(None);
             }
