@@ -244,19 +244,27 @@ impl OvlFuse {
 
 impl Filesystem for OvlFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let want = InitFlags::FUSE_ATOMIC_O_TRUNC
+        // Everything here is FUSE 7.27 (Linux 4.18) or older, but symlink
+        // caching (7.28) and passthrough (7.40): each is used only where
+        // INIT grants it. OVLFUSE_FUSE_PROTO=7.27 (for tests) asks for no
+        // more than a 4.18 kernel offers.
+        let old = std::env::var("OVLFUSE_FUSE_PROTO").is_ok_and(|v| v == "7.27");
+        let mut want = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_EXPORT_SUPPORT
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if !old {
+            want |= InitFlags::FUSE_CACHE_SYMLINKS;
+        }
         let _ = config.add_capabilities(want & config.capabilities());
         // Large reads for the files that go through ovlfuse (lower files):
         // as much readahead as the kernel allows (it offers its maximum).
         let _ = config
             .set_max_readahead(1 << 20)
             .or_else(|max| config.set_max_readahead(max));
-        if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+        if !old
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {

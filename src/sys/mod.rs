@@ -5,7 +5,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -48,8 +48,9 @@ struct OpenHow {
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// Opens `path` below `dir` without following any symlink on the way and
-/// without leaving `dir` (openat2 RESOLVE_BENEATH). Falls back to openat with
-/// O_NOFOLLOW on kernels without openat2.
+/// without leaving `dir` (openat2 RESOLVE_BENEATH). On kernels without
+/// openat2 (before 5.6) it walks the path one component at a time with the
+/// same guarantee (beneath_walk).
 pub fn open_beneath(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let flags = flags | libc::O_CLOEXEC;
     if !NO_OPENAT2.load(Ordering::Relaxed) {
@@ -86,7 +87,38 @@ pub fn open_beneath(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::
             _ => return Err(err),
         }
     }
-    openat(dir, path, flags | libc::O_NOFOLLOW, mode)
+    beneath_walk(dir, path, flags, mode)
+}
+
+/// open_beneath without openat2: each dir on the way is opened with
+/// O_NOFOLLOW relative to the one before, so no symlink (and no "..", no
+/// absolute path) can lead out of `dir`; a symlink on the way gives ELOOP
+/// or ENOTDIR, as openat2 RESOLVE_NO_SYMLINKS would.
+fn beneath_walk(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let bytes = path.to_bytes();
+    if bytes.starts_with(b"/") {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let comps: Vec<&[u8]> = bytes
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    if comps.iter().any(|c| *c == b"..") {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let Some((last, dirs)) = comps.split_last() else {
+        return openat(dir, c".", flags | libc::O_NOFOLLOW, mode);
+    };
+    let mut cur: Option<OwnedFd> = None;
+    for c in dirs {
+        let name = CString::new(*c).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let at = cur.as_ref().map(|f| f.as_fd()).unwrap_or(dir);
+        let step = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        cur = Some(openat(at, &name, step, 0)?);
+    }
+    let name = CString::new(*last).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let at = cur.as_ref().map(|f| f.as_fd()).unwrap_or(dir);
+    openat(at, &name, flags | libc::O_NOFOLLOW, mode)
 }
 
 pub fn openat(dir: BorrowedFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
@@ -739,4 +771,41 @@ pub fn open_by_handle_at(
     }
     // SAFETY: a new fd we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[cfg(test)]
+mod beneath_tests {
+    use super::*;
+
+    /// Without openat2 the component walk keeps every open inside the dir:
+    /// symlinks on the way, "..", and absolute paths are refused.
+    #[test]
+    fn walk_without_openat2_stays_beneath() {
+        let base = std::env::temp_dir().join(format!("ovlfuse-t-{}-beneath", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("d")).unwrap();
+        std::fs::write(base.join("d/f"), b"f").unwrap();
+        std::os::unix::fs::symlink("d", base.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("out")).unwrap();
+        let root = open_path(&cstr(base.as_os_str()).unwrap(), libc::O_RDONLY).unwrap();
+        let open = |p: &CStr| beneath_walk(root.as_fd(), p, libc::O_RDONLY, 0);
+        assert!(open(c"d/f").is_ok());
+        assert!(open(c"./d/./f").is_ok());
+        for bad in [c"link/f", c"out/passwd", c"d/../d/f", c"/etc/passwd"] {
+            let e = open(bad).err().map(|e| e.raw_os_error().unwrap_or(0));
+            assert!(
+                matches!(
+                    e,
+                    Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
+                ),
+                "{bad:?}: {e:?}"
+            );
+        }
+        // A final symlink is not followed either.
+        assert_eq!(
+            open(c"out").err().and_then(|e| e.raw_os_error()),
+            Some(libc::ELOOP)
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -140,6 +140,9 @@ impl OvlMount {
     pub fn new_with(opts: &str, mnt: &Path, f: impl FnOnce(&mut Command)) -> OvlMount {
         let mut cmd = Command::new(bin());
         cmd.args(["-f", "-o", opts]).arg(mnt).stdin(Stdio::null());
+        if std::env::var_os("OVLFUSE_TEST_OLD_KERNEL").is_some() {
+            old_kernel(&mut cmd);
+        }
         f(&mut cmd);
         let child = cmd.spawn().expect("spawn ovlfuse");
         let mut m = OvlMount {
@@ -850,4 +853,63 @@ pub fn busybox_tar(dir: &Path) -> PathBuf {
         .unwrap();
     assert!(st.success());
     tar
+}
+
+/// OVLFUSE_TEST_OLD_KERNEL=1: every ovlfuse the tests start behaves as on
+/// Linux 4.18, fuse-overlayfs's oldest kernel: a seccomp filter fails what
+/// came later (openat2, close_range, io_uring: ENOSYS; renameat2
+/// RENAME_WHITEOUT: EINVAL; FICLONE: EOPNOTSUPP; the passthrough ioctl:
+/// ENOTTY), copy_file_range answers EXDEV as across filesystems, and
+/// ovlfuse asks INIT for FUSE 7.27 features only.
+pub fn old_kernel(cmd: &mut Command) {
+    const ALLOW: u32 = 0x7fff_0000;
+    let err = |e: i32| 0x0005_0000 | e as u32;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const FICLONE: u32 = 0x4004_9409;
+    const FUSE_DEV_IOC_BACKING_OPEN: u32 = 0x4010_e501;
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let (ld, jeq, jset, ret) = (0x20, 0x15, 0x45, 0x06);
+    let filter = [
+        ins(ld, 0, 0, 4), // 0: arch
+        ins(jeq, 1, 0, AUDIT_ARCH_X86_64),
+        ins(ret, 0, 0, ALLOW),
+        ins(ld, 0, 0, 0), // 3: syscall number
+        ins(jeq, 6, 0, libc::SYS_openat2 as u32),
+        ins(jeq, 5, 0, libc::SYS_close_range as u32),
+        ins(jeq, 4, 0, libc::SYS_io_uring_setup as u32),
+        ins(jeq, 4, 0, libc::SYS_copy_file_range as u32),
+        ins(jeq, 4, 0, libc::SYS_renameat2 as u32),
+        ins(jeq, 7, 0, libc::SYS_ioctl as u32),
+        ins(ret, 0, 0, ALLOW),             // 10
+        ins(ret, 0, 0, err(libc::ENOSYS)), // 11
+        ins(ret, 0, 0, err(libc::EXDEV)),  // 12
+        ins(ld, 0, 0, 16 + 8 * 4),         // 13: renameat2 flags
+        ins(jset, 0, 1, libc::RENAME_WHITEOUT),
+        ins(ret, 0, 0, err(libc::EINVAL)), // 15
+        ins(ret, 0, 0, ALLOW),             // 16
+        ins(ld, 0, 0, 16 + 8),             // 17: ioctl request
+        ins(jeq, 2, 0, FICLONE),
+        ins(jeq, 2, 0, FUSE_DEV_IOC_BACKING_OPEN),
+        ins(ret, 0, 0, ALLOW),                 // 20
+        ins(ret, 0, 0, err(libc::EOPNOTSUPP)), // 21
+        ins(ret, 0, 0, err(libc::ENOTTY)),     // 22
+    ];
+    cmd.env("OVLFUSE_FUSE_PROTO", "7.27");
+    // SAFETY: only async-signal-safe prctl calls run between fork and exec;
+    // the filter array is moved into the closure.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, 2, &prog as *const _ as usize, 0, 0) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
