@@ -117,19 +117,37 @@ impl OvlFs {
     }
 
     /// Gives a new object to the caller, keeping the set-id bits asked for.
-    fn set_owner(dir: BorrowedFd, name: &CStr, obj: NewObj, c: Creds) -> Result<()> {
+    /// `parent`: the dir it will end up in, when it was built elsewhere
+    /// (W/work); None: `dir` is that dir. A setgid parent gives its group,
+    /// and to a dir its setgid bit, as creating there directly does.
+    fn set_owner(
+        dir: BorrowedFd,
+        name: &CStr,
+        obj: NewObj,
+        c: Creds,
+        parent: Option<&Stat>,
+    ) -> Result<()> {
         let mut st = sys::fstatat(dir, name)?;
-        if st.st_uid != c.uid || st.st_gid != c.gid {
-            // A gid other than the caller's came from a setgid parent.
-            let dir_sgid = sys::fstatat(dir, c".")?.st_mode & libc::S_ISGID != 0;
-            let gid = if dir_sgid { st.st_gid } else { c.gid };
-            if st.st_uid != c.uid || st.st_gid != gid {
-                sys::fchownat(dir, name, c.uid, gid)?;
-                st = sys::fstatat(dir, name)?;
+        // Made in place with the caller's ids: the kernel applied any setgid.
+        let (gid, sgid) = match parent {
+            None if st.st_uid == c.uid && st.st_gid == c.gid => (c.gid, st.st_mode & libc::S_ISGID),
+            _ => {
+                let p = match parent {
+                    Some(p) => *p,
+                    None => sys::fstatat(dir, c".")?,
+                };
+                match p.st_mode & libc::S_ISGID != 0 {
+                    true => (p.st_gid, libc::S_ISGID),
+                    false => (c.gid, 0),
+                }
             }
+        };
+        if st.st_uid != c.uid || st.st_gid != gid {
+            sys::fchownat(dir, name, c.uid, gid)?;
+            st = sys::fstatat(dir, name)?;
         }
         let want = match obj {
-            NewObj::Dir(m) => (m & 0o7777) | (st.st_mode & libc::S_ISGID),
+            NewObj::Dir(m) => (m & 0o7777) | sgid,
             NewObj::File(m) | NewObj::Special(m, _) => m & 0o7777,
             NewObj::Symlink(_) => return Ok(()),
         };
@@ -142,10 +160,17 @@ impl OvlFs {
 
     /// The owner of a new object (stored ids): its inode, or with
     /// xattr_permissions the override xattr.
-    fn own_new(&self, dir: BorrowedFd, name: &CStr, obj: NewObj, host: Creds) -> Result<()> {
+    fn own_new(
+        &self,
+        dir: BorrowedFd,
+        name: &CStr,
+        obj: NewObj,
+        host: Creds,
+        parent: Option<&Stat>,
+    ) -> Result<()> {
         // Symlinks take no user.* xattrs: their owner stays in the inode.
         let (Some(x), false) = (&self.override_xattr, matches!(obj, NewObj::Symlink(_))) else {
-            return Self::set_owner(dir, name, obj, host);
+            return Self::set_owner(dir, name, obj, host, parent);
         };
         let mode = match obj {
             NewObj::Dir(m) | NewObj::File(m) | NewObj::Special(m, _) => m & 0o7777,
@@ -189,9 +214,10 @@ impl OvlFs {
         if over == Over::Device {
             let work = self.work()?;
             let tmp = self.tmp_name();
+            let pst = sys::fstatat(pfd.as_fd(), c".")?;
             let build = || -> Result<()> {
                 Self::make_obj(work.as_fd(), &tmp, obj)?;
-                self.own_new(work.as_fd(), &tmp, obj, c)?;
+                self.own_new(work.as_fd(), &tmp, obj, c, Some(&pst))?;
                 if opaque {
                     self.set_opaque(work.as_fd(), &tmp)?;
                 }
@@ -216,7 +242,7 @@ impl OvlFs {
         } else {
             Self::make_obj(pfd.as_fd(), &cname, obj)?;
             let finish = || -> Result<()> {
-                self.own_new(pfd.as_fd(), &cname, obj, c)?;
+                self.own_new(pfd.as_fd(), &cname, obj, c, None)?;
                 if opaque {
                     self.set_opaque(pfd.as_fd(), &cname)?;
                 }

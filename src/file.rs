@@ -22,6 +22,9 @@ pub struct OpenFile {
     fd: RwLock<Arc<OwnedFd>>,
     flags: i32,
     on_upper: AtomicBool,
+    /// Opened for writing on a file with set-id bits (as far as known):
+    /// its modifications go through ovlfuse, which drops them (killpriv).
+    setid: AtomicBool,
 }
 
 impl Drop for OpenFile {
@@ -37,6 +40,14 @@ impl OpenFile {
 
     pub fn writable(&self) -> bool {
         self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+
+    pub fn may_be_setid(&self) -> bool {
+        self.setid.load(Ordering::Acquire)
+    }
+
+    pub fn clear_setid(&self) {
+        self.setid.store(false, Ordering::Release)
     }
 }
 
@@ -100,7 +111,15 @@ impl OvlFs {
             fd: RwLock::new(Arc::new(fd)),
             flags: real_flags(flags) & !libc::O_TRUNC,
             on_upper: AtomicBool::new(data_in_upper(node)),
+            setid: AtomicBool::new(false),
         };
+        if f.writable() {
+            let mode = sys::fstat(f.fd().as_fd()).map_or(0, |st| st.st_mode);
+            f.setid.store(
+                mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+                Ordering::Release,
+            );
+        }
         self.files.insert(fh, Arc::new(f));
         fh
     }
@@ -195,6 +214,9 @@ impl OvlFs {
     /// already in the upper layer, or any file of a read-only overlay.
     pub fn passthrough_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
         let f = self.file(fh).ok()?;
+        if f.may_be_setid() {
+            return None;
+        }
         let stable = if self.read_only() {
             !f.node.state.read().metacopy
         } else {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dir::{Creds, NewObj};
 use crate::inode::SetAttr;
+use crate::killpriv::Caller;
 use crate::node::{is_split_id, Node};
 use crate::sys::{self, Stat};
 use crate::{Errno, OvlFs};
@@ -129,6 +130,14 @@ pub fn attr(st: &Stat) -> FileAttr {
         rdev: st.st_rdev as u32,
         blksize: st.st_blksize as u32,
         flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -298,7 +307,7 @@ impl Filesystem for OvlFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -325,7 +334,18 @@ impl Filesystem for OvlFuse {
             mtime: mtime.map(to_ts),
             fh: fh.map(|f| f.0),
         };
-        let st = tryr!(reply, self.fs.setattr(&n, a));
+        let mut st = tryr!(reply, self.fs.setattr(&n, a));
+        if size.is_some() {
+            let c = caller(req);
+            tryr!(
+                reply,
+                match fh {
+                    Some(f) => self.fs.kill_priv_fh(f.0, &c),
+                    None => self.fs.kill_priv_node(&n, &c),
+                }
+            );
+            st = tryr!(reply, self.fs.getattr(&n, fh.map(|f| f.0)));
+        }
         reply.attr(&self.attr_ttl(&n), &attr(&st));
     }
 
@@ -463,7 +483,7 @@ impl Filesystem for OvlFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -474,6 +494,7 @@ impl Filesystem for OvlFuse {
         reply: ReplyWrite,
     ) {
         let n = tryr!(reply, self.fs.write(fh.0, offset, data));
+        tryr!(reply, self.fs.kill_priv_fh(fh.0, &caller(req)));
         reply.written(n);
     }
 
@@ -720,7 +741,7 @@ impl Filesystem for OvlFuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -729,6 +750,7 @@ impl Filesystem for OvlFuse {
         reply: ReplyEmpty,
     ) {
         tryr!(reply, self.fs.fallocate(fh.0, offset, length, mode));
+        tryr!(reply, self.fs.kill_priv_fh(fh.0, &caller(req)));
         reply.ok();
     }
 
@@ -747,7 +769,7 @@ impl Filesystem for OvlFuse {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -763,6 +785,7 @@ impl Filesystem for OvlFuse {
             self.fs
                 .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         );
+        tryr!(reply, self.fs.kill_priv_fh(fh_out.0, &caller(req)));
         reply.written(n);
     }
 

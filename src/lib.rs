@@ -10,6 +10,7 @@ pub mod fuse;
 pub mod idmap;
 pub mod index;
 pub mod inode;
+pub mod killpriv;
 pub mod layer;
 pub mod logger;
 pub mod mount;

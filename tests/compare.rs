@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 
@@ -680,4 +681,107 @@ fn open_dir_after_rename_over_rmdir_and_rename_away() {
         format!("{r} {}", probe(&d))
     });
     finish(p);
+}
+
+/// Issue 12.6: objects made over a whiteout (built in the work dir, then
+/// moved in) get what creating in the parent gives: a setgid parent's group,
+/// and for a dir its setgid bit.
+#[test]
+fn creating_over_whiteouts_in_a_setgid_dir() {
+    use std::os::unix::fs::chown;
+    let p = Pair::new(K, O);
+    p.both("setgid root, group 1000", |m| {
+        chown(m, None, Some(1000)).unwrap();
+        fs::set_permissions(m, fs::Permissions::from_mode(0o2755)).unwrap();
+        fs::metadata(m).map(|md| (md.mode(), md.gid())).ok()
+    });
+    let made = |m: &Path| {
+        let st = |n: &str| {
+            fs::symlink_metadata(m.join(n))
+                .map(|md| format!("{n} {:o} {}", md.mode(), md.gid()))
+                .unwrap_or_else(|e| format!("{n} {e}"))
+        };
+        for n in ["top", "xat", "ro", "owned"] {
+            fs::remove_file(m.join(n)).unwrap();
+        }
+        fs::create_dir(m.join("top")).unwrap();
+        fs::write(m.join("xat"), b"x").unwrap();
+        mknod(&m.join("ro"), libc::S_IFIFO | 0o644, 0);
+        std::os::unix::fs::symlink("t", m.join("owned")).unwrap();
+        fs::create_dir(m.join("fresh")).unwrap();
+        ["top", "xat", "ro", "owned", "fresh"].map(st).join(", ")
+    };
+    p.both("mkdir, create, mknod, symlink over whiteouts", made);
+    finish(p);
+}
+
+/// Issue 12.7: a user who may write a set-id file (mode 2666, 4666, 6666;
+/// not in its group) loses the set-id bits by write, truncate, fallocate,
+/// punch hole, zero range and copy_file_range, as on the kernel's overlay;
+/// for lower and for upper files.
+#[test]
+fn set_id_bits_drop_on_modification_by_another_user() {
+    let p = Pair::new(K, O);
+    let ops = [
+        "write",
+        "truncate",
+        "fallocate",
+        "punch",
+        "zero",
+        "copy_range",
+    ];
+    let script = r#"
+import os, sys, ctypes, fcntl
+libc = ctypes.CDLL(None, use_errno=True)
+op, path, src = sys.argv[1], sys.argv[2], sys.argv[3]
+fd = os.open(path, os.O_RDWR)
+if op == "write": os.pwrite(fd, b"w", 0)
+elif op == "truncate": os.ftruncate(fd, 1)
+elif op == "fallocate": os.posix_fallocate(fd, 0, 8192)
+elif op == "punch": assert libc.fallocate(fd, 3, ctypes.c_long(0), ctypes.c_long(1)) == 0, ctypes.get_errno()
+elif op == "zero": assert libc.fallocate(fd, 16, ctypes.c_long(0), ctypes.c_long(1)) == 0, ctypes.get_errno()
+elif op == "copy_range":
+    s = os.open(src, os.O_RDONLY); os.copy_file_range(s, fd, 1, 0, 0)
+"#;
+    p.both("set-id files", |m| {
+        let mut out = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            for mode in [0o2666, 0o4666, 0o6666] {
+                for upper in [false, true] {
+                    // A lower file, or one already in the upper.
+                    let name = format!("sid-{i}-{mode:o}-{upper}");
+                    let lower = m.join("a/x");
+                    let f = m.join(&name);
+                    fs::copy(&lower, &f).unwrap();
+                    if !upper {
+                        // Renamed onto a lower name: copied up by the op.
+                        fs::rename(&f, m.join("top")).unwrap();
+                    }
+                    let target = if upper { f.clone() } else { m.join("top") };
+                    fs::set_permissions(&target, fs::Permissions::from_mode(mode)).unwrap();
+                    let st = Command::new("setpriv")
+                        .args([
+                            "--reuid=65534",
+                            "--regid=65534",
+                            "--clear-groups",
+                            "/usr/bin/python3",
+                            "-c",
+                            script,
+                            op,
+                        ])
+                        .arg(&target)
+                        .arg(m.join("a/x"))
+                        .status()
+                        .unwrap();
+                    let md = fs::metadata(&target).unwrap();
+                    out.push(format!(
+                        "{op} {mode:o} upper={upper}: {} {:o}",
+                        st.success(),
+                        md.mode() & 0o7777
+                    ));
+                }
+            }
+        }
+        out
+    });
 }
