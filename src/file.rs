@@ -30,6 +30,9 @@ pub struct OpenFile {
 impl Drop for OpenFile {
     fn drop(&mut self) {
         self.node.opens.fetch_sub(1, Ordering::AcqRel);
+        if self.writable() {
+            self.node.writers.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -114,6 +117,10 @@ impl OvlFs {
             setid: AtomicBool::new(false),
         };
         if f.writable() {
+            // Attributes cached from before would hide what mapped writes
+            // do to the real file's times (see Node::writers).
+            node.writers.fetch_add(1, Ordering::AcqRel);
+            self.invalidate_attr(node.ino);
             let mode = sys::fstat(f.fd().as_fd()).map_or(0, |st| st.st_mode);
             f.setid.store(
                 mode & (libc::S_ISUID | libc::S_ISGID) != 0,
@@ -226,7 +233,14 @@ impl OvlFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+        if let Some((_, f)) = self.files.remove(&fh) {
+            if f.writable() {
+                // The last mapped writes may have moved the times.
+                let ino = f.node.ino;
+                drop(f);
+                self.invalidate_attr(ino);
+            }
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {

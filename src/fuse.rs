@@ -223,17 +223,17 @@ impl OvlFuse {
     /// sets the right number.
     fn entry_attr(&self, node: &Node, st: &Stat) -> (FileAttr, Duration) {
         let mut a = attr(st);
-        if !is_split_id(node.ino) {
-            return (a, self.ttl);
+        if is_split_id(node.ino) {
+            a.ino = INodeNo(node.ino);
         }
-        a.ino = INodeNo(node.ino);
-        (a, Duration::ZERO)
+        (a, self.attr_ttl(node))
     }
 
-    /// No attribute caching for a node whose id is not its st_ino: its
-    /// entry replies would set the kernel's i_ino to the id.
+    /// No attribute caching for a node whose id is not its st_ino (its
+    /// entry replies would set the kernel's i_ino to the id), nor for one
+    /// open for writing (Node::writers).
     fn attr_ttl(&self, node: &Node) -> Duration {
-        if is_split_id(node.ino) {
+        if is_split_id(node.ino) || node.writers.load(Ordering::Acquire) > 0 {
             Duration::ZERO
         } else {
             self.ttl

@@ -73,6 +73,10 @@ pub struct Node {
     pub copy_up_lock: Mutex<()>,
     /// Open files (each holds an fd of the real object).
     pub opens: AtomicU32,
+    /// Of those, the ones open for writing: while there are any, the kernel
+    /// caches no attributes of the node (writes through a shared mapping
+    /// change the real file's times behind its back).
+    pub writers: AtomicU32,
     /// The st_ino of a node whose id is not its st_ino (is_split_id).
     shown_ino: AtomicU64,
 }
@@ -88,6 +92,7 @@ impl Node {
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
             opens: AtomicU32::new(0),
+            writers: AtomicU32::new(0),
             shown_ino: AtomicU64::new(0),
         }
     }

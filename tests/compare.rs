@@ -785,3 +785,45 @@ elif op == "copy_range":
         out
     });
 }
+
+/// Issue 12.2: writes through a shared mapping, by a process that exits
+/// without msync, move mtime and ctime; stat(1) afterwards shows it, for a
+/// file on the passthrough path (upper) and one copied up by the mapping's
+/// open. (coreutils and shells as a user runs them: Rust's metadata() asks
+/// statx for the birth time, which makes FUSE ask the daemon every time.)
+#[test]
+fn mmap_writes_move_mtime() {
+    let p = Pair::new(K, O);
+    let script = r#"
+set -e
+cd "$1"
+for f in mm-upper a/x; do
+  head -c 4096 /dev/zero > $f; sync $f
+  before=$(stat -c '%y %z' $f)
+  sleep 1.1
+  /usr/bin/python3 -c "
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 4096)
+x = m[0:4096]
+m[0:4] = b'mmap'
+os._exit(0)" $f
+  after=$(stat -c '%y %z' $f)
+  [ "$before" = "$after" ] && echo "$f: times kept" || echo "$f: times moved"
+  head -c 4 $f; echo
+done
+"#;
+    p.both("mmap write, exit, stat", |m| {
+        let out = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(m)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+}
