@@ -9,46 +9,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-
-/// seccomp: mknod and mknodat fail with EPERM; everything else is allowed.
-fn no_mknod(cmd: &mut Command) {
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    let (ld, jeq, ret) = (0x20, 0x15, 0x06);
-    let filter = [
-        ins(ld, 0, 0, 4), // arch
-        ins(jeq, 1, 0, AUDIT_ARCH_X86_64),
-        ins(ret, 0, 0, RET_ALLOW),
-        ins(ld, 0, 0, 0), // syscall number
-        ins(jeq, 2, 0, libc::SYS_mknodat as u32),
-        ins(jeq, 1, 0, libc::SYS_mknod as u32),
-        ins(ret, 0, 0, RET_ALLOW),
-        ins(ret, 0, 0, RET_EPERM),
-    ];
-    // SAFETY: between fork and exec only async-signal-safe prctl calls run;
-    // the filter array outlives them (moved into the closure).
-    unsafe {
-        cmd.pre_exec(move || {
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut _,
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(libc::PR_SET_SECCOMP, 2, &prog as *const _ as usize, 0, 0) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
 
 fn remount(p: &mut Pair, filter: bool) {
     p.ovl = None;

@@ -814,16 +814,6 @@ os._exit(0)" $f
 done
 "#;
     p.both("mmap write, exit, stat", |m| {
-        let out = Command::new("sh")
-            .args(["-c", script, "sh"])
-            .arg(m)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        output_ok(Command::new("sh").args(["-c", script, "sh"]).arg(m))
     });
 }

@@ -92,12 +92,7 @@ fn an_exiting_daemon_never_unmounts_the_next_mount() {
     let mut cur = OvlMount::new(&opts, &mnt);
     for i in 0..100 {
         // As Docker does: unmount, mount again at once at the same path.
-        let st = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&mnt)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        output_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
         let mut old = cur.into_child();
         cur = OvlMount::new(&opts, &mnt);
         let st = wait_exit(&mut old, 10).expect("old daemon did not exit");
@@ -154,12 +149,7 @@ fn sigterm_ends_the_daemon_while_another_namespace_holds_the_mount() {
             let mut m = OvlMount::new(&opts, &mnt);
             let holder = NsHolder::new(&mnt);
             if unmount_first {
-                let st = Command::new("fusermount3")
-                    .arg("-u")
-                    .arg(&mnt)
-                    .status()
-                    .unwrap();
-                assert!(st.success());
+                output_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
                 // The other namespace still holds it: the daemon serves on.
                 std::thread::sleep(Duration::from_millis(200));
                 assert!(m.child.as_mut().unwrap().try_wait().unwrap().is_none());
@@ -193,17 +183,12 @@ fn background_daemon_logs_to_syslog_and_leaves_its_cwd() {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mnt = s.0.join("m");
-    let out = Command::new(bin())
-        .args(["-o", &opts, "mysource"])
-        .arg(&mnt)
-        .env("OVLFUSE_SYSLOG_SOCKET", &sock_path)
-        .current_dir(&s.0)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new(bin())
+            .args(["-o", &opts, "mysource"])
+            .arg(&mnt)
+            .env("OVLFUSE_SYSLOG_SOCKET", &sock_path)
+            .current_dir(&s.0),
     );
     let guard = MountGuard(mnt.clone());
     let line = fs::read_to_string("/proc/self/mounts")
@@ -237,15 +222,6 @@ fn background_daemon_logs_to_syslog_and_leaves_its_cwd() {
         Path::new("/")
     );
     drop(guard);
-}
-
-/// Unmounts on drop (the daemon then exits by itself).
-struct MountGuard(std::path::PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        umount(&self.0);
-    }
 }
 
 /// libfuse's convention: a privileged helper mounts /dev/fuse itself and

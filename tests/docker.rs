@@ -99,6 +99,27 @@ impl Dockerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `docker diff` of a container, sorted.
+    fn diff(&self, c: &str) -> String {
+        let mut lines: Vec<String> = self.cmd(&["diff", c]).lines().map(str::to_string).collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
+    /// `docker run --rm` of `image` running `script`; its output.
+    fn run(&self, image: &str, script: &str) -> String {
+        self.cmd(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
     /// Stops dockerd by its pid and waits for it.
     fn stop(&mut self) {
         let Some(mut c) = self.child.take() else {
@@ -194,23 +215,12 @@ fn flow(dir: &Path, driver: &'static str) -> Vec<String> {
         "-c",
         RUN,
     ]));
-    let mut diff: Vec<String> = d.cmd(&["diff", "c1"]).lines().map(str::to_string).collect();
-    diff.sort();
-    seen.push(diff.join("\n"));
+    seen.push(d.diff("c1"));
     let export = dir.join("c1.tar");
     d.cmd(&["export", "-o", export.to_str().unwrap(), "c1"]);
     seen.push(tar_listing(&export, &dir.join("c1-export")));
     d.cmd(&["commit", "c1", "c1img"]);
-    seen.push(d.cmd(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "c1img",
-        "sh",
-        "-c",
-        "cat /img/a /img/hard; ls /srv2/conf.d /img/low",
-    ]));
+    seen.push(d.run("c1img", "cat /img/a /img/hard; ls /srv2/conf.d /img/low"));
     // Classic builder: COPY, whiteouts, an opaque re-created dir, chmod,
     // hard links.
     let ctx = dir.join("ctx");
@@ -221,34 +231,13 @@ fn flow(dir: &Path, driver: &'static str) -> Vec<String> {
     assert!(!build.is_empty());
     let check =
         "ls /img /srv/conf.d | tr '\\n' ' '; cat /img/plink; stat -c '%a %h' /img/low /img/plink";
-    seen.push(d.cmd(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "built",
-        "sh",
-        "-c",
-        check,
-    ]));
+    seen.push(d.run("built", check));
     // save, remove, load, run again.
     let saved = dir.join("built.tar");
     d.cmd(&["save", "-o", saved.to_str().unwrap(), "built"]);
     d.cmd(&["rmi", "built"]);
     d.cmd(&["load", "-i", saved.to_str().unwrap()]);
-    assert_eq!(
-        d.cmd(&[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "built",
-            "sh",
-            "-c",
-            check
-        ]),
-        *seen.last().unwrap()
-    );
+    assert_eq!(d.run("built", check), *seen.last().unwrap());
     // Containers started and removed at once, several at a time (Docker
     // unmounts and mounts a merged dir again within milliseconds).
     for round in 0..3 {
@@ -283,9 +272,7 @@ fn flow(dir: &Path, driver: &'static str) -> Vec<String> {
         d.mounts()
     );
     let d = Dockerd::start(dir, driver);
-    let mut diff: Vec<String> = d.cmd(&["diff", "c1"]).lines().map(str::to_string).collect();
-    diff.sort();
-    assert_eq!(diff.join("\n"), seen[1], "{driver}: diff after a restart");
+    assert_eq!(d.diff("c1"), seen[1], "{driver}: diff after a restart");
     let cp = d.try_cmd(&["cp", "c1:/srv2/conf.d", "-"]);
     assert!(cp.status.success(), "{driver}: docker cp");
     seen.push(hard_link_append(&d));
@@ -318,16 +305,7 @@ fn hard_link_append(d: &Dockerd) -> String {
         &format!("echo more >> /img/hard; {show}"),
     ]);
     d.cmd(&["commit", "c2", "c2img"]);
-    out += &d.cmd(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "c2img",
-        "sh",
-        "-c",
-        show,
-    ]);
+    out += &d.run("c2img", show);
     out
 }
 

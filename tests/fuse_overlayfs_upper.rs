@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use common::*;
@@ -45,42 +44,6 @@ umount m; wait $PID
 if diff fo.txt ovl.txt; then echo SAME; else echo DIFFERENT; fi
 echo "view:"; cat fo.txt
 "#;
-
-/// seccomp: mknod and mknodat fail with EPERM (as where fuse-overlayfs
-/// cannot make whiteout devices); everything else is allowed.
-fn no_mknod(cmd: &mut Command) {
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    let (ld, jeq, ret) = (0x20, 0x15, 0x06);
-    let filter = [
-        ins(ld, 0, 0, 4),
-        ins(jeq, 1, 0, AUDIT_ARCH_X86_64),
-        ins(ret, 0, 0, RET_ALLOW),
-        ins(ld, 0, 0, 0),
-        ins(jeq, 2, 0, libc::SYS_mknodat as u32),
-        ins(jeq, 1, 0, libc::SYS_mknod as u32),
-        ins(ret, 0, 0, RET_ALLOW),
-        ins(ret, 0, 0, RET_EPERM),
-    ];
-    // SAFETY: only async-signal-safe prctl calls run between fork and exec;
-    // the filter array is moved into the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut _,
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(libc::PR_SET_SECCOMP, 2, &prog as *const _ as usize, 0, 0) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
 
 /// Runs SCRIPT, under `prefix` (e.g. unshare -rm); returns its output.
 fn run(tag: &str, prefix: &[&str], mknod_refused: bool) -> String {

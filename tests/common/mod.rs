@@ -862,41 +862,68 @@ pub fn busybox_tar(dir: &Path) -> PathBuf {
 /// ENOTTY), copy_file_range answers EXDEV as across filesystems, and
 /// ovlfuse asks INIT for FUSE 7.27 features only.
 pub fn old_kernel(cmd: &mut Command) {
-    const ALLOW: u32 = 0x7fff_0000;
-    let err = |e: i32| 0x0005_0000 | e as u32;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     const FICLONE: u32 = 0x4004_9409;
     const FUSE_DEV_IOC_BACKING_OPEN: u32 = 0x4010_e501;
+    let err = |e: i32| 0x0005_0000 | e as u32;
     let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let (ld, jeq, jset, ret) = (0x20, 0x15, 0x45, 0x06);
-    let filter = [
-        ins(ld, 0, 0, 4), // 0: arch
-        ins(jeq, 1, 0, AUDIT_ARCH_X86_64),
-        ins(ret, 0, 0, ALLOW),
-        ins(ld, 0, 0, 0), // 3: syscall number
+    // Offsets are counted from the instruction after the arch check.
+    let filter = vec![
+        ins(ld, 0, 0, 0), // 0: syscall number
         ins(jeq, 6, 0, libc::SYS_openat2 as u32),
         ins(jeq, 5, 0, libc::SYS_close_range as u32),
         ins(jeq, 4, 0, libc::SYS_io_uring_setup as u32),
         ins(jeq, 4, 0, libc::SYS_copy_file_range as u32),
         ins(jeq, 4, 0, libc::SYS_renameat2 as u32),
         ins(jeq, 7, 0, libc::SYS_ioctl as u32),
-        ins(ret, 0, 0, ALLOW),             // 10
-        ins(ret, 0, 0, err(libc::ENOSYS)), // 11
-        ins(ret, 0, 0, err(libc::EXDEV)),  // 12
-        ins(ld, 0, 0, 16 + 8 * 4),         // 13: renameat2 flags
+        ins(ret, 0, 0, SECCOMP_ALLOW),     // 7
+        ins(ret, 0, 0, err(libc::ENOSYS)), // 8
+        ins(ret, 0, 0, err(libc::EXDEV)),  // 9
+        ins(ld, 0, 0, 16 + 8 * 4),         // 10: renameat2 flags
         ins(jset, 0, 1, libc::RENAME_WHITEOUT),
-        ins(ret, 0, 0, err(libc::EINVAL)), // 15
-        ins(ret, 0, 0, ALLOW),             // 16
-        ins(ld, 0, 0, 16 + 8),             // 17: ioctl request
+        ins(ret, 0, 0, err(libc::EINVAL)), // 12
+        ins(ret, 0, 0, SECCOMP_ALLOW),     // 13
+        ins(ld, 0, 0, 16 + 8),             // 14: ioctl request
         ins(jeq, 2, 0, FICLONE),
         ins(jeq, 2, 0, FUSE_DEV_IOC_BACKING_OPEN),
-        ins(ret, 0, 0, ALLOW),                 // 20
-        ins(ret, 0, 0, err(libc::EOPNOTSUPP)), // 21
-        ins(ret, 0, 0, err(libc::ENOTTY)),     // 22
+        ins(ret, 0, 0, SECCOMP_ALLOW),         // 17
+        ins(ret, 0, 0, err(libc::EOPNOTSUPP)), // 18
+        ins(ret, 0, 0, err(libc::ENOTTY)),     // 19
     ];
     cmd.env("OVLFUSE_FUSE_PROTO", "7.27");
+    seccomp(cmd, filter);
+}
+
+const SECCOMP_ALLOW: u32 = 0x7fff_0000;
+
+/// seccomp: mknod and mknodat fail with EPERM (as where whiteout devices
+/// cannot be made); everything else is allowed.
+pub fn no_mknod(cmd: &mut Command) {
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let (ld, jeq, ret) = (0x20, 0x15, 0x06);
+    let filter = vec![
+        ins(ld, 0, 0, 0), // syscall number
+        ins(jeq, 2, 0, libc::SYS_mknodat as u32),
+        ins(jeq, 1, 0, libc::SYS_mknod as u32),
+        ins(ret, 0, 0, SECCOMP_ALLOW),
+        ins(ret, 0, 0, 0x0005_0000 | libc::EPERM as u32),
+    ];
+    seccomp(cmd, filter);
+}
+
+/// Runs `cmd` under a seccomp filter: `body` (BPF on seccomp_data) after a
+/// check that lets other architectures through untouched.
+pub fn seccomp(cmd: &mut Command, body: Vec<libc::sock_filter>) {
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let mut filter = vec![
+        ins(0x20, 0, 0, 4), // arch
+        ins(0x15, 1, 0, AUDIT_ARCH_X86_64),
+        ins(0x06, 0, 0, SECCOMP_ALLOW),
+    ];
+    filter.extend(body);
     // SAFETY: only async-signal-safe prctl calls run between fork and exec;
-    // the filter array is moved into the closure.
+    // the filter is moved into the closure.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
@@ -912,4 +939,25 @@ pub fn old_kernel(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Unmounts a mount the test made (or that a daemon made for it) on drop.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        umount(&self.0);
+    }
+}
+
+/// Runs `cmd`, which must succeed; returns its stdout.
+pub fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
