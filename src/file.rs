@@ -25,6 +25,9 @@ pub struct OpenFile {
     /// Opened for writing on a file with set-id bits (as far as known):
     /// its modifications go through ovlfuse, which drops them (killpriv).
     setid: AtomicBool,
+    /// For a writable open: the real file's mtime then, to tell at release
+    /// whether the kernel's cached times may be stale (Node::writers).
+    mtime_at_open: (i64, i64),
 }
 
 impl Drop for OpenFile {
@@ -103,29 +106,32 @@ impl OvlFs {
                     layer.path.display()
                 )
             })?;
-        Ok(self.add_file(node, fd, flags))
+        let fh = self.add_file(node, fd, flags);
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            // Attributes cached from before would hide what mapped writes
+            // do to the real file's times (see Node::writers).
+            self.invalidate_attr(node.ino);
+        }
+        Ok(fh)
     }
 
     fn add_file(&self, node: &Arc<Node>, fd: OwnedFd, flags: i32) -> u64 {
         let fh = self.next_fh();
         node.opens.fetch_add(1, Ordering::AcqRel);
+        let writable = real_flags(flags) & libc::O_ACCMODE != libc::O_RDONLY;
+        let st = writable.then(|| sys::fstat(fd.as_fd()).ok()).flatten();
         let f = OpenFile {
             node: node.clone(),
             fd: RwLock::new(Arc::new(fd)),
             flags: real_flags(flags) & !libc::O_TRUNC,
             on_upper: AtomicBool::new(data_in_upper(node)),
-            setid: AtomicBool::new(false),
+            setid: AtomicBool::new(
+                st.is_some_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0),
+            ),
+            mtime_at_open: st.map_or((0, 0), |st| (st.st_mtime, st.st_mtime_nsec)),
         };
-        if f.writable() {
-            // Attributes cached from before would hide what mapped writes
-            // do to the real file's times (see Node::writers).
+        if writable {
             node.writers.fetch_add(1, Ordering::AcqRel);
-            self.invalidate_attr(node.ino);
-            let mode = sys::fstat(f.fd().as_fd()).map_or(0, |st| st.st_mode);
-            f.setid.store(
-                mode & (libc::S_ISUID | libc::S_ISGID) != 0,
-                Ordering::Release,
-            );
         }
         self.files.insert(fh, Arc::new(f));
         fh
@@ -234,10 +240,14 @@ impl OvlFs {
 
     pub fn release(&self, fh: u64) {
         if let Some((_, f)) = self.files.remove(&fh) {
-            if f.writable() {
-                // The last mapped writes may have moved the times.
-                let ino = f.node.ino;
-                drop(f);
+            // Writes through a mapping may have moved the times without the
+            // kernel noticing; a write(2) made it drop them already.
+            let moved = f.writable()
+                && sys::fstat(f.fd().as_fd())
+                    .is_ok_and(|st| (st.st_mtime, st.st_mtime_nsec) != f.mtime_at_open);
+            let ino = f.node.ino;
+            drop(f);
+            if moved {
                 self.invalidate_attr(ino);
             }
         }
