@@ -69,6 +69,9 @@ pub struct Config {
     pub xattr_permissions: u8,
     pub static_nlink: bool,
     pub noxattrs: bool,
+    /// `noacl`: POSIX ACLs are not enforced by the kernel (fuse-overlayfs's
+    /// option); by default they are (FUSE_POSIX_ACL).
+    pub noacl: bool,
     /// Kernel entry/attr cache timeout in seconds.
     pub timeout: f64,
     pub threads: usize,
@@ -96,6 +99,7 @@ impl Default for Config {
             xattr_permissions: 0,
             static_nlink: false,
             noxattrs: false,
+            noacl: false,
             timeout: 86400.0,
             // Requests block on disk I/O, not only CPU: at least 4 workers.
             threads: std::thread::available_parallelism()
@@ -329,6 +333,7 @@ impl Config {
             }
             "static_nlink" => self.static_nlink = true,
             "noxattrs" => self.noxattrs = val.map(|v| v != "0").unwrap_or(true),
+            "noacl" => self.noacl = true,
             "timeout" => {
                 let v = need(val)?;
                 self.timeout = match v.parse::<f64>() {
@@ -357,11 +362,10 @@ impl Config {
             "atime" | "relatime" | "strictatime" => self.fuse.noatime = false,
             "noatime" | "nodiratime" => self.fuse.noatime = true,
             // Accepted for compatibility with fuse-overlayfs; nothing to do.
-            "threaded" | "writeback" | "plugins" | "fast_ino" | "noacl" | "context"
-            | "fscontext" | "defcontext" | "rootcontext" | "debug" | "auto_unmount"
-            | "nonempty" | "sync" | "async" | "dirsync" | "_netdev" | "nofail" | "auto"
-            | "noauto" | "user" | "users" | "owner" | "defaults" | "nfs_export" | "max_read"
-            | "max_write" => {}
+            "threaded" | "writeback" | "plugins" | "fast_ino" | "context" | "fscontext"
+            | "defcontext" | "rootcontext" | "debug" | "auto_unmount" | "nonempty" | "sync"
+            | "async" | "dirsync" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "users"
+            | "owner" | "defaults" | "nfs_export" | "max_read" | "max_write" => {}
             _ => self
                 .warnings
                 .push(format!("ovlfuse: warning: unknown option '{item}' ignored")),

@@ -146,11 +146,19 @@ impl OvlFs {
             sys::fchownat(dir, name, c.uid, gid)?;
             st = sys::fstatat(dir, name)?;
         }
-        let want = match obj {
+        let mut want = match obj {
             NewObj::Dir(m) => (m & 0o7777) | sgid,
             NewObj::File(m) | NewObj::Special(m, _) => m & 0o7777,
             NewObj::Symlink(_) => return Ok(()),
         };
+        // A default ACL of the parent set the permission bits (the real
+        // filesystem's posix_acl_create): keep them.
+        if parent.is_none()
+            && st.st_mode & 0o777 != want & 0o777
+            && sys::getxattr(dir, c".", c"system.posix_acl_default").is_ok()
+        {
+            want = (want & !0o777) | (st.st_mode & 0o777);
+        }
         // chown drops set-id bits; put back what was asked for.
         if st.st_mode & 0o7777 != want {
             sys::fchmodat(dir, name, want)?;

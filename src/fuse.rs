@@ -29,6 +29,9 @@ pub struct OvlFuse {
     ttl: Duration,
     /// The kernel does passthrough I/O and lets us register backing files.
     passthrough: AtomicBool,
+    /// POSIX ACLs are on (FUSE_POSIX_ACL with FUSE_DONT_MASK): the kernel
+    /// leaves the umask of new objects to us (acl_mode).
+    dont_mask: AtomicBool,
     /// How each open inode does its I/O: the kernel wants every open of an
     /// inode either cached or passthrough, with one backing id.
     io: DashMap<u64, InodeIo>,
@@ -49,6 +52,7 @@ impl OvlFuse {
             fs,
             ttl,
             passthrough: AtomicBool::new(false),
+            dont_mask: AtomicBool::new(false),
             io: DashMap::new(),
             pt_handles: DashMap::new(),
         }
@@ -240,6 +244,16 @@ impl OvlFuse {
         }
     }
 
+    /// The mode of a new object in `parent`. With ACLs on, the umask is
+    /// ours to apply: not where the parent has a default ACL (the real
+    /// filesystem then applies that, as the kernel's posix_acl_create).
+    fn acl_mode(&self, parent: &Node, mode: u32, umask: u32) -> u32 {
+        if !self.dont_mask.load(Ordering::Relaxed) || self.fs.has_default_acl(parent) {
+            return mode;
+        }
+        mode & !(umask & 0o777)
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, r: Result<(Arc<Node>, Stat), Errno>) {
         match r {
             Ok((node, st)) => {
@@ -265,6 +279,13 @@ impl Filesystem for OvlFuse {
             | InitFlags::FUSE_READDIRPLUS_AUTO;
         if !old {
             want |= InitFlags::FUSE_CACHE_SYMLINKS;
+        }
+        // The kernel enforces POSIX ACLs itself (with default_permissions)
+        // and keeps mode and ACL consistent, as on the kernel's overlay.
+        let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+        if !self.fs.cfg.noacl && !self.fs.cfg.noxattrs && config.capabilities().contains(acl) {
+            want |= acl;
+            self.dont_mask.store(true, Ordering::Relaxed);
         }
         let _ = config.add_capabilities(want & config.capabilities());
         // Large reads for the files that go through ovlfuse (lower files):
@@ -362,12 +383,13 @@ impl Filesystem for OvlFuse {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
+        let mode = self.acl_mode(&p, mode, umask);
         let obj = if mode & libc::S_IFMT == libc::S_IFREG {
             NewObj::File(mode)
         } else {
@@ -382,11 +404,12 @@ impl Filesystem for OvlFuse {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
+        let mode = self.acl_mode(&p, mode, umask);
         self.reply_entry(
             reply,
             self.fs
@@ -712,12 +735,13 @@ impl Filesystem for OvlFuse {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(parent));
+        let mode = self.acl_mode(&p, mode, umask);
         let (node, st, fh) = tryr!(reply, self.fs.create(&p, name, mode, flags, creds(req)));
         let g = Generation(node.generation);
         match self.start_io(node.ino, fh, |fd| reply.open_backing(fd)) {

@@ -81,6 +81,16 @@ impl OvlFs {
         self.real(node)
     }
 
+    /// Whether a dir has a default POSIX ACL (its upper, else its lower).
+    pub fn has_default_acl(&self, dir: &Node) -> bool {
+        let Ok((layer, path)) = self.real(dir) else {
+            return false;
+        };
+        layer
+            .try_getxattr(&path, c"system.posix_acl_default")
+            .is_ok_and(|v| v.is_some())
+    }
+
     /// The bare overlay prefix names nothing: the kernel's xattr handler for
     /// it answers EINVAL, where escaping would make it a valid name.
     fn check_xattr_name(&self, name: &OsStr) -> Result<()> {
