@@ -282,6 +282,13 @@ impl Filesystem for OvlFuse {
         }
         // The kernel enforces POSIX ACLs itself (with default_permissions)
         // and keeps mode and ACL consistent, as on the kernel's overlay.
+        // Set-id bits are dropped by ovlfuse (killpriv.rs, with the kernel's
+        // rules) and file capabilities by the real filesystem under the
+        // writes ovlfuse or passthrough make: the kernel need not ask for
+        // security.capability before every write.
+        if !old {
+            want |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        }
         let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
         if !self.fs.cfg.noacl && !self.fs.cfg.noxattrs && config.capabilities().contains(acl) {
             want |= acl;

@@ -846,3 +846,30 @@ echo "setgid: $(stat -c '%n %a %g' acl/sg acl/sgf | tr '\n' ' ')"
     });
     finish(p);
 }
+
+/// A write drops a file capability (security.capability), as on the
+/// kernel's overlay, for an upper file and for one the write copies up; the
+/// kernel no longer asks ovlfuse for the xattr before every write
+/// (FUSE_HANDLE_KILLPRIV_V2): the real filesystem drops it under the write.
+#[test]
+fn file_capabilities_drop_on_write() {
+    let p = Pair::new(K, O);
+    // vfs_cap_data v2, effective, permitted = CAP_NET_RAW.
+    let mut cap = vec![0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+    let r = p.both("capabilities", |m| {
+        let mut out = Vec::new();
+        fs::write(m.join("capfile"), b"c").unwrap();
+        for name in ["capfile", "a/x"] {
+            set_xattr(&m.join(name), "security.capability", &cap);
+            let before = get_xattr(&m.join(name), "security.capability").is_ok();
+            append(&m.join(name), b"w").unwrap();
+            let after = get_xattr(&m.join(name), "security.capability");
+            out.push(format!("{name}: {before} -> {after:?}"));
+        }
+        out
+    });
+    assert!(r.iter().all(|l| l.contains("true -> Err(61)")), "{r:?}");
+    finish(p);
+}
