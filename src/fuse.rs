@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dashmap::DashMap;
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
@@ -21,28 +20,18 @@ use crate::dir::{Creds, NewObj};
 use crate::inode::SetAttr;
 use crate::killpriv::Caller;
 use crate::node::{is_split_id, Node};
+use crate::passthrough::Passthrough;
 use crate::sys::{self, Stat};
 use crate::{Errno, OvlFs};
 
 pub struct OvlFuse {
     pub fs: Arc<OvlFs>,
     ttl: Duration,
-    /// The kernel does passthrough I/O and lets us register backing files.
-    passthrough: AtomicBool,
+    /// Which opens use FUSE passthrough.
+    pt: Passthrough,
     /// POSIX ACLs are on (FUSE_POSIX_ACL with FUSE_DONT_MASK): the kernel
     /// leaves the umask of new objects to us (acl_mode).
     dont_mask: AtomicBool,
-    /// How each open inode does its I/O: the kernel wants every open of an
-    /// inode either cached or passthrough, with one backing id.
-    io: DashMap<u64, InodeIo>,
-    /// Open file handle -> inode, for the ones that use passthrough.
-    pt_handles: DashMap<u64, u64>,
-}
-
-#[derive(Default)]
-struct InodeIo {
-    cached: usize,
-    backing: Option<(Arc<BackingId>, usize)>,
 }
 
 impl OvlFuse {
@@ -51,10 +40,8 @@ impl OvlFuse {
         OvlFuse {
             fs,
             ttl,
-            passthrough: AtomicBool::new(false),
+            pt: Passthrough::default(),
             dont_mask: AtomicBool::new(false),
-            io: DashMap::new(),
-            pt_handles: DashMap::new(),
         }
     }
 
@@ -162,8 +149,7 @@ macro_rules! tryr {
 }
 
 impl OvlFuse {
-    /// Picks the I/O mode of a new open of `ino` and registers it. Returns
-    /// the backing id to answer with, or None for I/O through us.
+    /// Picks the I/O mode of a new open (passthrough.rs).
     fn start_io(
         &self,
         ino: u64,
@@ -171,54 +157,11 @@ impl OvlFuse {
         register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let fd = self
-            .passthrough
-            .load(Ordering::Relaxed)
+            .pt
+            .enabled()
             .then(|| self.fs.passthrough_fd(fh))
             .flatten();
-        let mut io = self.io.entry(ino).or_default();
-        let Some(fd) = fd.filter(|_| io.cached == 0) else {
-            io.cached += 1;
-            return None;
-        };
-        if let Some((b, n)) = io.backing.as_mut() {
-            *n += 1;
-            self.pt_handles.insert(fh, ino);
-            return Some(b.clone());
-        }
-        match register(&fd) {
-            Ok(b) => {
-                let b = Arc::new(b);
-                io.backing = Some((b.clone(), 1));
-                self.pt_handles.insert(fh, ino);
-                Some(b)
-            }
-            Err(e) => {
-                // Refused (no privilege, a stacked upper): keep going without.
-                if self.passthrough.swap(false, Ordering::Relaxed) {
-                    info!("FUSE passthrough refused ({e}): file I/O goes through ovlfuse");
-                }
-                io.cached += 1;
-                None
-            }
-        }
-    }
-
-    fn end_io(&self, ino: u64, fh: u64) {
-        let passthrough = self.pt_handles.remove(&fh).is_some();
-        if let Some(mut io) = self.io.get_mut(&ino) {
-            if passthrough {
-                if let Some((_, n)) = io.backing.as_mut() {
-                    *n -= 1;
-                    if *n == 0 {
-                        io.backing = None;
-                    }
-                }
-            } else {
-                io.cached = io.cached.saturating_sub(1);
-            }
-        }
-        self.io
-            .remove_if(&ino, |_, io| io.cached == 0 && io.backing.is_none());
+        self.pt.start(ino, fh, fd, register)
     }
 
     /// The attributes of an entry reply. fuser sends attr.ino as the node
@@ -305,7 +248,7 @@ impl Filesystem for OvlFuse {
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {
-            self.passthrough.store(true, Ordering::Relaxed);
+            self.pt.enable();
         } else {
             info!("FUSE passthrough is not available: file I/O goes through ovlfuse");
         }
@@ -552,7 +495,7 @@ impl Filesystem for OvlFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.end_io(ino.0, fh.0);
+        self.pt.end(ino.0, fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
