@@ -314,6 +314,17 @@ impl OvlFs {
         }
         upper.removexattr(&path, &self.xn.metacopy)?;
         node.state.write().metacopy = false;
+        // Other names of the inode (their own nodes, through the index)
+        // read the data from the upper inode from now on.
+        let index = node.state.read().index.clone();
+        if let Some(iname) = index {
+            for n in self.nodes.all() {
+                if n.ino != node.ino && n.state.read().index.as_deref() == Some(&*iname) {
+                    n.state.write().metacopy = false;
+                    self.invalidate_attr(n.ino);
+                }
+            }
+        }
         Ok(())
     }
 
