@@ -97,17 +97,28 @@ pub fn mount(mnt: &Path, args: &MountArgs) -> io::Result<(OwnedFd, FuseMount)> {
     let path = CString::new(mnt.as_os_str().as_bytes())?;
     let (dev, helper) = match mount_direct(&path, args) {
         Ok(fd) => (fd, false),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => (mount_helper(mnt, args)?, true),
+        // Not privileged (mount(2) refused, or /dev/fuse closed to us):
+        // the setuid helper can do both.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
+            (mount_helper(mnt, args)?, true)
+        }
         Err(e) => return Err(e),
     };
-    let watch = dev.try_clone()?;
-    let mdev = sys::mount::statx_dev(&path)?;
-    let m = FuseMount {
-        watch,
+    let mut m = FuseMount {
+        watch: dev.try_clone()?,
         path: Some(path),
-        dev: mdev,
+        dev: 0,
         helper,
     };
+    match sys::mount::statx_dev(m.path.as_ref().expect("set")) {
+        Ok(d) => m.dev = d,
+        Err(e) => {
+            // Without its device the mount could not be told apart later:
+            // take it down now rather than leave it behind.
+            let _ = sys::mount::umount_path_detach(m.path.as_ref().expect("set"));
+            return Err(e);
+        }
+    }
     Ok((dev, m))
 }
 

@@ -37,6 +37,13 @@ pub fn umount_detach_fd(fd: BorrowedFd) -> io::Result<()> {
     cvt(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(drop)
 }
 
+/// Lazily detaches what is mounted at `path` (a mount just made, whose
+/// identity could not be read).
+pub fn umount_path_detach(path: &CStr) -> io::Result<()> {
+    // SAFETY: a valid NUL-terminated path.
+    cvt(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
 /// Whether the FUSE connection behind `dev` (a /dev/fuse fd) has ended:
 /// the kernel reports POLLERR once it is aborted or unmounted. Waits up to
 /// `ms` milliseconds for that (0: just look).
