@@ -21,9 +21,11 @@ Mount options (-o, comma separated, several -o are merged):
   redirect_dir=on|follow|nofollow|off   index=on|off   metacopy=on|off   xino=on|off|auto
   userxattr           use user.overlay.* instead of trusted.overlay.* xattrs
   volatile, fsync=0   skip fsync on copy-up and user fsync
-  uidmapping=C:H:N[:...], gidmapping=...   squash_to_root, squash_to_uid=N, squash_to_gid=N
+  uidmapping=ID:SHOWN:N[:...], gidmapping=...   (ids as the layers hold them, shown mapped)
+  squash_to_root, squash_to_uid=N, squash_to_gid=N   noacl (POSIX ACLs not enforced)
   xattr_permissions=0|1|2   static_nlink   noxattrs=1   timeout=SECS   threads=N
   ro, rw, allow_other, allow_root, default_permissions, suid, nosuid, dev, nodev, exec, noexec, noatime
+MOUNTPOINT may be /dev/fd/N (a /dev/fuse connection a helper mounted).
 Unmount with: fusermount3 -u MOUNTPOINT";
 
 #[derive(Parser, Debug)]
