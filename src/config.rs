@@ -47,7 +47,20 @@ pub struct FuseFlags {
     pub nosuid: Option<bool>,
     pub nodev: Option<bool>,
     pub noexec: bool,
-    pub noatime: bool,
+    pub atime: Atime,
+    pub nodiratime: bool,
+}
+
+/// When a read moves atime, as mount(8)'s atime options say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Atime {
+    /// relatime: once after each change, and once a day.
+    #[default]
+    Relative,
+    /// noatime
+    Never,
+    /// strictatime: on every read.
+    Strict,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -359,8 +372,11 @@ impl Config {
             "nodev" => self.fuse.nodev = Some(true),
             "exec" => self.fuse.noexec = false,
             "noexec" => self.fuse.noexec = true,
-            "atime" | "relatime" | "strictatime" => self.fuse.noatime = false,
-            "noatime" | "nodiratime" => self.fuse.noatime = true,
+            "atime" | "relatime" => self.fuse.atime = Atime::Relative,
+            "noatime" => self.fuse.atime = Atime::Never,
+            "strictatime" | "norelatime" => self.fuse.atime = Atime::Strict,
+            "nodiratime" => self.fuse.nodiratime = true,
+            "diratime" => self.fuse.nodiratime = false,
             // Accepted for compatibility with fuse-overlayfs; nothing to do.
             "threaded" | "writeback" | "plugins" | "fast_ino" | "context" | "fscontext"
             | "defcontext" | "rootcontext" | "debug" | "auto_unmount" | "nonempty" | "sync"

@@ -244,6 +244,7 @@ impl Filesystem for OvlFuse {
             .set_max_readahead(1 << 20)
             .or_else(|max| config.set_max_readahead(max));
         if !old
+            && self.fs.passthrough_keeps_atime()
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()

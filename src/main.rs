@@ -24,7 +24,8 @@ Mount options (-o, comma separated, several -o are merged):
   uidmapping=ID:SHOWN:N[:...], gidmapping=...   (ids as the layers hold them, shown mapped)
   squash_to_root, squash_to_uid=N, squash_to_gid=N   noacl (POSIX ACLs not enforced)
   xattr_permissions=0|1|2   static_nlink   noxattrs=1   timeout=SECS   threads=N
-  ro, rw, allow_other, allow_root, default_permissions, suid, nosuid, dev, nodev, exec, noexec, noatime
+  ro, rw, allow_other, allow_root, default_permissions, suid, nosuid, dev, nodev, exec, noexec,
+  relatime, noatime, strictatime, nodiratime   when reads move atime (as the kernel overlay)
 MOUNTPOINT may be /dev/fd/N (a /dev/fuse connection a helper mounted).
 Unmount with: fusermount3 -u MOUNTPOINT";
 
@@ -138,7 +139,8 @@ fn main() {
         nosuid: f.nosuid.unwrap_or(!root),
         nodev: f.nodev.unwrap_or(!root),
         noexec: f.noexec,
-        noatime: f.noatime,
+        atime: f.atime,
+        nodiratime: f.nodiratime,
         default_permissions: f.default_permissions || root,
         allow_other: f.allow_other || root,
         allow_root: f.allow_root,

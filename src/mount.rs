@@ -13,6 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::config::Atime;
 use crate::sys;
 
 /// What the mount asks of the kernel (mount.fuse's options).
@@ -26,7 +27,8 @@ pub struct MountArgs {
     pub nosuid: bool,
     pub nodev: bool,
     pub noexec: bool,
-    pub noatime: bool,
+    pub atime: Atime,
+    pub nodiratime: bool,
     pub default_permissions: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -59,7 +61,9 @@ impl MountArgs {
             (self.nosuid, libc::MS_NOSUID),
             (self.nodev, libc::MS_NODEV),
             (self.noexec, libc::MS_NOEXEC),
-            (self.noatime, libc::MS_NOATIME),
+            (self.atime == Atime::Never, libc::MS_NOATIME),
+            (self.atime == Atime::Strict, libc::MS_STRICTATIME),
+            (self.nodiratime, libc::MS_NODIRATIME),
         ] {
             if on {
                 f |= bit;
@@ -79,7 +83,9 @@ impl MountArgs {
             (self.nosuid, "nosuid"),
             (self.nodev, "nodev"),
             (self.noexec, "noexec"),
-            (self.noatime, "noatime"),
+            (self.atime == Atime::Never, "noatime"),
+            (self.atime == Atime::Strict, "strictatime"),
+            (self.nodiratime, "nodiratime"),
             (self.default_permissions, "default_permissions"),
             (self.allow_other, "allow_other"),
             (self.allow_root && !self.allow_other, "allow_root"),

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use log::info;
 
-use crate::config::{Config, Xino};
+use crate::config::{Atime, Config, Xino};
 use crate::file::OpenFile;
 use crate::format::XattrNames;
-use crate::layer::{self, Layer};
+use crate::layer::{self, common_dir, Layer, Reach};
 use crate::node::{LowerRef, Node, NodeState, NodeTable, ROOT_INO};
 use crate::readdir::DirHandle;
 use crate::sys;
@@ -81,8 +81,13 @@ impl OvlFs {
         let mut lowers = Vec::with_capacity(cfg.lowers.len());
         for (i, l) in cfg.lowers.iter().enumerate() {
             lowers.push(
-                Layer::open(&l.path, i + 1, l.data_only)
-                    .map_err(|e| io_err("lowerdir", &l.path, e))?,
+                Layer::open(
+                    &l.path,
+                    i + 1,
+                    l.data_only,
+                    &Reach::new(&l.path, Atime::Never, false),
+                )
+                .map_err(|e| io_err("lowerdir", &l.path, e))?,
             );
         }
         let mut upper = None;
@@ -91,8 +96,10 @@ impl OvlFs {
         let mut aufs_whiteouts = false;
         let mut work_lock = None;
         if let (Some(u), Some(w)) = (&cfg.upper, &cfg.work) {
-            let ul = Layer::open(u, 0, false).map_err(|e| io_err("upperdir", u, e))?;
-            let wl = Layer::open(w, 0, false).map_err(|e| io_err("workdir", w, e))?;
+            // One view for both: work-to-upper renames must stay in one mount.
+            let reach = Reach::new(&common_dir(u, w), cfg.fuse.atime, cfg.fuse.nodiratime);
+            let ul = Layer::open(u, 0, false, &reach).map_err(|e| io_err("upperdir", u, e))?;
+            let wl = Layer::open(w, 0, false, &reach).map_err(|e| io_err("workdir", w, e))?;
             // As the kernel's in-use flags: one mount per upper and workdir.
             // Taken before W/work is emptied, which would wreck a live mount.
             lock_in_use(&wl, "workdir", w)?;
@@ -106,7 +113,8 @@ impl OvlFs {
                 aufs_whiteouts_needed(&wl, &wfd).map_err(|e| io_err("workdir", w, e))?;
             if cfg.index {
                 let ip = w.join("index");
-                index = Some(Layer::open(&ip, 0, false).map_err(|e| io_err("workdir", &ip, e))?);
+                let il = Layer::open(&ip, 0, false, &reach);
+                index = Some(il.map_err(|e| io_err("workdir", &ip, e))?);
             }
             upper = Some(ul);
             work = Some(wfd);
@@ -173,6 +181,15 @@ impl OvlFs {
             rename_lock: Default::default(),
             _work_lock: work_lock,
         })
+    }
+
+    /// Whether FUSE passthrough keeps atime as the kernel's overlay does:
+    /// not where we rely on O_NOATIME opens, which its backing files lack.
+    pub fn passthrough_keeps_atime(&self) -> bool {
+        self.upper
+            .iter()
+            .chain(&self.lowers)
+            .all(|l| l.passthrough_atime_ok())
     }
 
     pub fn upper(&self) -> Result<&Layer> {

@@ -873,3 +873,73 @@ fn file_capabilities_drop_on_write() {
     assert!(r.iter().all(|l| l.contains("true -> Err(61)")), "{r:?}");
     finish(p);
 }
+
+/// Issue 12.3: atime under relatime (the default), noatime and strictatime:
+/// the first read after a change moves it, another read does not (as
+/// relatime allows), reading a lower file never does (the kernel reads
+/// lowers with O_NOATIME), exec reads like read, and noatime moves nothing.
+/// (Before Linux 5.12 there is no private mount view to set strictatime
+/// on; there the upper filesystem's own option rules, as README says.)
+#[test]
+fn atime_follows_the_mount_option() {
+    let old = std::env::var_os("OVLFUSE_TEST_OLD_KERNEL").is_some();
+    let modes: &[&str] = if old {
+        &["relatime", "noatime"]
+    } else {
+        &["relatime", "noatime", "strictatime"]
+    };
+    std::thread::scope(|s| {
+        for &mode in modes {
+            s.spawn(move || atime_case(mode));
+        }
+    });
+}
+
+fn atime_case(mode: &str) {
+    let p = Pair::new(&format!("{K},{mode}"), &format!("{O},{mode}"));
+    // (change first, then after a pause: the access, and the name to stat)
+    let steps = [
+        ("printf data > at-u", "cat at-u", "at-u"),
+        ("", "cat at-u", "at-u"),
+        ("printf more >> at-u", "head -c1 at-u", "at-u"),
+        ("", "cat a/x", "a/x"),
+        ("cat a/x >/dev/null", "cat a/x", "a/x"),
+        ("chmod 600 a/w", "cat a/w", "a/w"),
+        ("", "cat a/w", "a/w"),
+        ("cp /bin/true at-x", "./at-x", "at-x"),
+        ("", "./at-x", "at-x"),
+        ("mkdir -p at-d/e", "ls at-d", "at-d"),
+        ("", "ls a", "a"),
+        ("touch a/new", "ls a", "a"),
+    ];
+    let sh = |m: &Path, cmd: &str| {
+        if !cmd.is_empty() {
+            output_ok(Command::new("sh").arg("-c").arg(cmd).current_dir(m));
+        }
+    };
+    let atime =
+        |m: &Path, n: &str| output_ok(Command::new("stat").args(["-c", "%X"]).arg(m.join(n)));
+    let mut out = [Vec::new(), Vec::new()];
+    for (change, access, name) in steps {
+        let mnts = [&p.k_mnt, &p.o_mnt];
+        for m in mnts {
+            sh(m, change);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        for (i, m) in mnts.iter().enumerate() {
+            let before = atime(m, name);
+            sh(m, access);
+            let moved = if atime(m, name) == before {
+                "kept"
+            } else {
+                "moved"
+            };
+            out[i].push(format!("{change} / {access}: {moved}"));
+        }
+    }
+    assert_eq!(
+        out[1], out[0],
+        "{mode}: ovlfuse (left) differs from kernel (right)"
+    );
+    finish(p);
+}

@@ -870,25 +870,27 @@ pub fn old_kernel(cmd: &mut Command) {
     // Offsets are counted from the instruction after the arch check.
     let filter = vec![
         ins(ld, 0, 0, 0), // 0: syscall number
-        ins(jeq, 6, 0, libc::SYS_openat2 as u32),
-        ins(jeq, 5, 0, libc::SYS_close_range as u32),
-        ins(jeq, 4, 0, libc::SYS_io_uring_setup as u32),
+        ins(jeq, 8, 0, libc::SYS_openat2 as u32),
+        ins(jeq, 7, 0, libc::SYS_close_range as u32),
+        ins(jeq, 6, 0, libc::SYS_io_uring_setup as u32),
+        ins(jeq, 5, 0, libc::SYS_open_tree as u32),
+        ins(jeq, 4, 0, libc::SYS_mount_setattr as u32),
         ins(jeq, 4, 0, libc::SYS_copy_file_range as u32),
         ins(jeq, 4, 0, libc::SYS_renameat2 as u32),
         ins(jeq, 7, 0, libc::SYS_ioctl as u32),
-        ins(ret, 0, 0, SECCOMP_ALLOW),     // 7
-        ins(ret, 0, 0, err(libc::ENOSYS)), // 8
-        ins(ret, 0, 0, err(libc::EXDEV)),  // 9
-        ins(ld, 0, 0, 16 + 8 * 4),         // 10: renameat2 flags
+        ins(ret, 0, 0, SECCOMP_ALLOW),     // 9
+        ins(ret, 0, 0, err(libc::ENOSYS)), // 10
+        ins(ret, 0, 0, err(libc::EXDEV)),  // 11
+        ins(ld, 0, 0, 16 + 8 * 4),         // 12: renameat2 flags
         ins(jset, 0, 1, libc::RENAME_WHITEOUT),
-        ins(ret, 0, 0, err(libc::EINVAL)), // 12
-        ins(ret, 0, 0, SECCOMP_ALLOW),     // 13
-        ins(ld, 0, 0, 16 + 8),             // 14: ioctl request
+        ins(ret, 0, 0, err(libc::EINVAL)), // 14
+        ins(ret, 0, 0, SECCOMP_ALLOW),     // 15
+        ins(ld, 0, 0, 16 + 8),             // 16: ioctl request
         ins(jeq, 2, 0, FICLONE),
         ins(jeq, 2, 0, FUSE_DEV_IOC_BACKING_OPEN),
-        ins(ret, 0, 0, SECCOMP_ALLOW),         // 17
-        ins(ret, 0, 0, err(libc::EOPNOTSUPP)), // 18
-        ins(ret, 0, 0, err(libc::ENOTTY)),     // 19
+        ins(ret, 0, 0, SECCOMP_ALLOW),         // 19
+        ins(ret, 0, 0, err(libc::EOPNOTSUPP)), // 20
+        ins(ret, 0, 0, err(libc::ENOTTY)),     // 21
     ];
     cmd.env("OVLFUSE_FUSE_PROTO", "7.27");
     seccomp(cmd, filter);
