@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -44,12 +45,23 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
     out
 }
 
+/// Whether `pid` holds open a dir that is an entry of `dir` (its layers).
+/// Compared by inode: the daemon reaches its layers through private mount
+/// views, whose fds' links name paths inside those views.
 fn holds_files_under(pid: u32, dir: &Path) -> bool {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
+    let id = |m: fs::Metadata| (m.dev(), m.ino());
+    let layers: Vec<_> = fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok().map(id))
+                .collect()
+        })
+        .unwrap_or_default();
     fds.flatten()
-        .any(|f| fs::read_link(f.path()).is_ok_and(|t| t.starts_with(dir)))
+        .any(|f| fs::metadata(f.path()).is_ok_and(|m| layers.contains(&id(m))))
 }
 
 /// Unmounts a daemon-mode mount and ends its daemon (found by its command
