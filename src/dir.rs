@@ -137,10 +137,10 @@ impl OvlFs {
             NewObj::File(m) | NewObj::Special(m, _) => m & 0o7777,
             NewObj::Symlink(_) => return Ok(()),
         };
-        // A default ACL of the parent set the permission bits (the real
-        // filesystem's posix_acl_create): keep them.
-        if parent.is_none()
-            && st.st_mode & 0o777 != want & 0o777
+        // A default ACL of the dir it was made in (the parent's, or its
+        // copy in W/work) set the permission bits (the real filesystem's
+        // posix_acl_create): keep them.
+        if st.st_mode & 0o777 != want & 0o777
             && sys::getxattr(dir, c".", c"system.posix_acl_default").is_ok()
         {
             want = (want & !0o777) | (st.st_mode & 0o777);
@@ -206,33 +206,7 @@ impl OvlFs {
         let over_whiteout = over != Over::Nothing;
         let opaque = dir && (over_whiteout || (parent_merged && !self.cfg.allow_offline_changes()));
         if over == Over::Device {
-            let work = self.work()?;
-            let tmp = self.tmp_name();
-            let pst = sys::fstatat(pfd.as_fd(), c".")?;
-            let build = || -> Result<()> {
-                Self::make_obj(work.as_fd(), &tmp, obj)?;
-                self.own_new(work.as_fd(), &tmp, obj, c, Some(&pst))?;
-                if opaque {
-                    self.set_opaque(work.as_fd(), &tmp)?;
-                }
-                if dir {
-                    sys::renameat2(
-                        work.as_fd(),
-                        &tmp,
-                        pfd.as_fd(),
-                        &cname,
-                        sys::RENAME_EXCHANGE,
-                    )?;
-                    sys::unlinkat(work.as_fd(), &tmp, 0)?;
-                } else {
-                    sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &cname, 0)?;
-                }
-                Ok(())
-            };
-            if let Err(e) = build() {
-                remove_tmp(work, &tmp);
-                return Err(e);
-            }
+            self.create_over_whiteout(&pfd, &cname, obj, c, opaque)?;
         } else {
             Self::make_obj(pfd.as_fd(), &cname, obj)?;
             let finish = || -> Result<()> {
@@ -255,6 +229,56 @@ impl OvlFs {
             }
         }
         self.intern_new(parent, name, &pfd, &cname)
+    }
+
+    /// Builds `obj` in W/work and moves it over the whiteout (pfd, cname),
+    /// as the kernel's ovl_create_over_whiteout does. Where the parent has
+    /// a default ACL, it is built in a dir of W/work that carries the same
+    /// one, so the real filesystem gives it the ACL and mode that creating
+    /// in the parent gives (posix_acl_create).
+    fn create_over_whiteout(
+        &self,
+        pfd: &OwnedFd,
+        cname: &CStr,
+        obj: NewObj,
+        c: Creds,
+        opaque: bool,
+    ) -> Result<()> {
+        const DEFAULT_ACL: &CStr = c"system.posix_acl_default";
+        let work = self.work()?;
+        let tmp = self.tmp_name();
+        let pst = sys::fstatat(pfd.as_fd(), c".")?;
+        let acl = sys::getxattr(pfd.as_fd(), c".", DEFAULT_ACL).ok();
+        let build = || -> Result<()> {
+            let holder;
+            let (dir, name) = match &acl {
+                Some(a) => {
+                    sys::mkdirat(work.as_fd(), &tmp, 0o700)?;
+                    sys::setxattr(work.as_fd(), &tmp, DEFAULT_ACL, a, 0)?;
+                    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+                    holder = sys::open_beneath(work.as_fd(), &tmp, flags, 0)?;
+                    (holder.as_fd(), c"new")
+                }
+                None => (work.as_fd(), tmp.as_c_str()),
+            };
+            Self::make_obj(dir, name, obj)?;
+            self.own_new(dir, name, obj, c, Some(&pst))?;
+            if opaque {
+                self.set_opaque(dir, name)?;
+            }
+            if matches!(obj, NewObj::Dir(_)) {
+                // The whiteout comes back here and goes.
+                sys::renameat2(dir, name, pfd.as_fd(), cname, sys::RENAME_EXCHANGE)?;
+                sys::unlinkat(dir, name, 0)?;
+            } else {
+                sys::renameat2(dir, name, pfd.as_fd(), cname, 0)?;
+            }
+            if acl.is_some() {
+                sys::unlinkat(work.as_fd(), &tmp, libc::AT_REMOVEDIR)?;
+            }
+            Ok(())
+        };
+        build().inspect_err(|_| remove_tmp(work, &tmp))
     }
 
     fn intern_new(

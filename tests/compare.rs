@@ -943,3 +943,28 @@ fn atime_case(mode: &str) {
     );
     finish(p);
 }
+
+/// Issue 12.6: objects made over a whiteout (built in W/work, then moved
+/// in) get what creating in the parent gives under a default ACL: its
+/// access ACL and the mode it masks, a dir also the default ACL; in a
+/// setgid parent too.
+#[test]
+fn creating_over_whiteouts_under_a_default_acl() {
+    let p = Pair::new(K, O);
+    let script = r#"
+set -e
+cd "$1"
+setfacl -d -m u:65534:rwx,g::r-x,o::- a deep
+chgrp 1000 deep; chmod g+s deep
+rm a/x; rm a/w; rm -r a/sub deep/1
+(umask 022
+ ln -s t a/x; touch a/w; mkdir a/sub; mkfifo deep/1)
+for f in a/x a/w a/sub deep/1; do
+  echo "$f $(stat -c '%a %g' $f) $(getfacl -p $f 2>/dev/null | grep -v '^#' | tr '\n' ' ')"
+done
+"#;
+    p.both("over whiteouts under a default ACL", |m| {
+        output_ok(Command::new("sh").args(["-c", script, "sh"]).arg(m))
+    });
+    finish(p);
+}
