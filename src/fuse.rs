@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::dir::{Creds, NewObj};
 use crate::inode::SetAttr;
 use crate::killpriv::Caller;
-use crate::node::{is_split_id, Node};
+use crate::node::{is_split_id, Node, ROOT_INO};
 use crate::passthrough::Passthrough;
 use crate::sys::{self, Stat};
 use crate::{Errno, OvlFs};
@@ -170,7 +170,8 @@ impl OvlFuse {
     /// sets the right number.
     fn entry_attr(&self, node: &Node, st: &Stat) -> (FileAttr, Duration) {
         let mut a = attr(st);
-        if is_split_id(node.ino) {
+        // fuser sends attr.ino as the node id: the root's ("..") is 1.
+        if is_split_id(node.ino) || node.ino == ROOT_INO {
             a.ino = INodeNo(node.ino);
         }
         (a, self.attr_ttl(node))
@@ -258,6 +259,12 @@ impl Filesystem for OvlFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _paths = self.fs.rename_lock.paths();
+        // Sent only to decode file handles (FUSE_EXPORT_SUPPORT).
+        if name == "." {
+            return self.reply_entry(reply, self.fs.lookup_self(parent.0));
+        } else if name == ".." {
+            return self.reply_entry(reply, self.fs.lookup_parent(parent.0));
+        }
         let p = tryr!(reply, self.node(parent));
         match self.fs.lookup(&p, name, true) {
             // Node id 0: the kernel caches the absence for the entry timeout.

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod copy_up;
 pub mod dir;
+pub mod export;
 pub mod file;
 pub mod format;
 pub mod fuse;

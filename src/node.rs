@@ -128,6 +128,11 @@ impl Node {
         self.nlookup.load(Ordering::Acquire)
     }
 
+    /// The kernel took one more lookup of this node.
+    pub fn add_lookup(&self) {
+        self.nlookup.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Merged-view path relative to the root ("" for the root), or None if
     /// the object has no name any more.
     pub fn path(&self) -> Option<Vec<u8>> {
@@ -252,6 +257,65 @@ pub struct Found {
 pub struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
     generation: AtomicU64,
+    /// Where forgotten nodes were, for file handles (export.rs).
+    pub ghosts: Ghosts,
+}
+
+/// What is left of a node the kernel forgot: its name, to find it again
+/// when the kernel decodes a file handle of it (a LOOKUP of "." under its
+/// id), and its generation, which the handle carries.
+#[derive(Debug, Clone)]
+pub struct Ghost {
+    pub ino: u64,
+    pub parent: u64,
+    pub name: Box<OsStr>,
+    pub generation: u64,
+    pub kind: u32,
+}
+
+/// Direct-mapped caches of ghosts, one for dirs and one for the rest: a
+/// later forget of a colliding id evicts, so memory stays bounded on any
+/// walk, and a walk over many files does not evict the dirs above the
+/// ones it passed (a decode needs its parent's ghost when the parent is
+/// forgotten too). Allocated at the first forget.
+#[derive(Debug, Default)]
+pub struct Ghosts {
+    dirs: std::sync::OnceLock<Box<[Mutex<Option<Ghost>>]>>,
+    others: std::sync::OnceLock<Box<[Mutex<Option<Ghost>>]>>,
+}
+
+impl Ghosts {
+    pub const SLOTS: usize = 1 << 13;
+
+    fn slot(&self, ino: u64, dir: bool) -> &Mutex<Option<Ghost>> {
+        let table = if dir { &self.dirs } else { &self.others };
+        let table = table.get_or_init(|| (0..Self::SLOTS).map(|_| Mutex::new(None)).collect());
+        // Fibonacci hashing: neighbouring inode numbers spread out.
+        let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 51;
+        &table[h as usize % Self::SLOTS]
+    }
+
+    fn put(&self, g: Ghost) {
+        let slot = self.slot(g.ino, g.kind == libc::S_IFDIR);
+        *slot.lock() = Some(g);
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Ghost> {
+        [true, false].into_iter().find_map(|dir| {
+            self.slot(ino, dir)
+                .lock()
+                .as_ref()
+                .filter(|g| g.ino == ino)
+                .cloned()
+        })
+    }
+
+    /// The generation a node of `ino` and `kind` had when it was forgotten.
+    fn generation(&self, ino: u64, kind: u32) -> Option<u64> {
+        let slot = self.slot(ino, kind == libc::S_IFDIR).lock();
+        let g = slot.as_ref().filter(|g| g.ino == ino && g.kind == kind)?;
+        Some(g.generation)
+    }
 }
 
 impl NodeTable {
@@ -259,6 +323,7 @@ impl NodeTable {
         let t = NodeTable {
             map: DashMap::new(),
             generation: AtomicU64::new(1),
+            ghosts: Ghosts::default(),
         };
         root.nlookup.store(1, Ordering::Release);
         t.map.insert(ROOT_INO, Arc::new(root));
@@ -346,7 +411,13 @@ impl NodeTable {
                 }
             }
             Entry::Vacant(e) => {
-                let n = fresh(0, self.generation.load(Ordering::Acquire));
+                // A node forgotten before comes back with the generation
+                // that handles of it carry.
+                let g = self.ghosts.generation(f.ino, f.kind);
+                let n = fresh(
+                    0,
+                    g.unwrap_or_else(|| self.generation.load(Ordering::Acquire)),
+                );
                 e.insert(n.clone());
                 n
             }
@@ -377,11 +448,29 @@ impl NodeTable {
                 .map
                 .remove_if(&ino, |_, n| n.nlookup() == 0 && Arc::strong_count(n) == 1);
             if let Some((_, n)) = removed {
-                let parents: Vec<u64> = n.state.read().aliases.iter().map(|(p, _)| p.ino).collect();
-                drop(n);
+                let (generation, kind) = (n.generation, n.kind);
+                // Nobody else holds it (checked above): its names move out.
+                let st = match Arc::try_unwrap(n) {
+                    Ok(n) => n.state.into_inner(),
+                    Err(n) => {
+                        next = n.state.read().aliases.first().map(|(p, _)| p.ino);
+                        continue;
+                    }
+                };
                 // Only a single parent chain is followed; other aliases' parents
                 // are reaped by their own forgets.
-                next = parents.first().copied();
+                let first = st.aliases.into_iter().next();
+                next = first.as_ref().map(|(p, _)| p.ino);
+                if let (Some((p, name)), false) = (first, st.dead) {
+                    let name = name.into_boxed_os_str();
+                    self.ghosts.put(Ghost {
+                        ino,
+                        parent: p.ino,
+                        name,
+                        generation,
+                        kind,
+                    });
+                }
             }
         }
     }

@@ -968,3 +968,59 @@ done
     });
     finish(p);
 }
+
+/// Issue 12.5: file handles (open_by_handle_at) decode while the kernel
+/// holds the inode and after it has forgotten it (caches dropped), for
+/// lower and upper files and dirs, also when a copy-up came in between;
+/// against the kernel's overlay with nfs_export=on, the option under which
+/// it decodes handles at all.
+#[test]
+fn file_handles_decode_after_the_kernel_forgets() {
+    let p = Pair::new(
+        "redirect_dir=on,index=on,nfs_export=on",
+        "redirect_dir=on,index=on",
+    );
+    let script = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class FH(ctypes.Structure):
+    _fields_ = [("bytes", ctypes.c_uint), ("type", ctypes.c_int), ("f", ctypes.c_ubyte * 128)]
+def encode(p):
+    fh, mid = FH(), ctypes.c_int()
+    fh.bytes = 128
+    assert libc.name_to_handle_at(-100, p.encode(), ctypes.byref(fh), ctypes.byref(mid), 0) == 0, ctypes.get_errno()
+    return fh
+def decode(fh):
+    fd = libc.open_by_handle_at(mfd, ctypes.byref(fh), os.O_RDONLY)
+    if fd < 0:
+        return "errno %d" % ctypes.get_errno()
+    try:
+        what = os.read(fd, 64).decode()
+    except IsADirectoryError:
+        what = "dir " + " ".join(sorted(os.listdir(fd)))
+    os.close(fd)
+    return what.strip()
+os.chdir(sys.argv[1])
+mfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+with open("up-file", "w") as f: f.write("upper\n")
+os.makedirs("up-dir/sub")
+names = ["a/x", "top", "up-file", "a", "a/sub", "deep/1/2", "up-dir/sub", "deep/1/2/3/file"]
+hs = {n: encode(n) for n in names}
+for n in names: print(n, "held:", decode(hs[n]))
+def drop():
+    with open("/proc/sys/vm/drop_caches", "w") as f: f.write("2")
+drop()
+for n in names: print(n, "forgotten:", decode(hs[n]))
+drop()
+with open("a/x", "a") as f: f.write("appended\n")
+with open("deep/1/2/3/file", "a") as f: f.write("more\n")
+drop()
+for n in ["a/x", "deep/1/2/3/file", "deep/1/2"]: print(n, "after copy-up:", decode(hs[n]))
+"#;
+    // Only the decodes are compared: nfs_export=on makes the kernel index
+    // every copy-up, which shows in nlink and in its upper.
+    let out = p.both("handles", |m| {
+        output_ok(Command::new("/usr/bin/python3").args(["-c", script]).arg(m))
+    });
+    assert!(!out.contains("errno"), "{out}");
+}

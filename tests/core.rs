@@ -260,3 +260,52 @@ fn work_dir_is_emptied_at_mount() {
         "W/work is mode 000 like the kernel's"
     );
 }
+
+/// File handles of forgotten nodes (export.rs): LOOKUP "." finds a node the
+/// kernel forgot by the name it had, with its ancestors forgotten too and
+/// with its generation; LOOKUP ".." gives the parent; a name that is gone,
+/// or leads to another object by now, gives ESTALE and holds nothing.
+#[test]
+fn forgotten_nodes_are_found_again_by_id() {
+    let s = Scratch::new("export");
+    let fs = fs_over(&s.0, false, true);
+    let f = walk(&fs, "deep/1/2/3/file").unwrap();
+    let (ino, generation) = (f.ino, f.generation);
+    let dir = walk(&fs, "deep/1/2").unwrap();
+    let (dino, dgen) = (dir.ino, dir.generation);
+    drop((f, dir));
+    let before = fs.nodes.len();
+    // The kernel forgets every lookup the walks took, bottom up.
+    for p in [
+        "deep/1/2/3/file",
+        "deep/1/2/3",
+        "deep/1/2",
+        "deep/1",
+        "deep",
+    ] {
+        let n = walk(&fs, p).unwrap();
+        let id = n.ino;
+        drop(n);
+        fs.forget(id, u64::MAX);
+    }
+    assert!(fs.nodes.len() < before, "nodes were forgotten");
+    assert!(fs.nodes.get(ino).is_none() && fs.nodes.get(dino).is_none());
+
+    let (n, st) = fs.lookup_self(ino).unwrap();
+    assert_eq!((n.ino, n.generation, st.st_size), (ino, generation, 5));
+    let (d, _) = fs.lookup_self(dino).unwrap();
+    assert_eq!((d.ino, d.generation), (dino, dgen));
+    let (p, _) = fs.lookup_parent(dino).unwrap();
+    assert_eq!(p.path().unwrap(), b"deep/1");
+    assert_eq!(fs.lookup_parent(1).unwrap().0.ino, 1);
+    drop((n, d, p));
+
+    // Renamed while forgotten: the old name leads nowhere.
+    let t = walk(&fs, "top").unwrap();
+    let tino = t.ino;
+    drop(t);
+    fs.forget(tino, u64::MAX);
+    fs::rename(s.0.join("l1/top"), s.0.join("l1/top2")).unwrap();
+    assert_eq!(fs.lookup_self(tino).unwrap_err(), Errno(libc::ESTALE));
+    assert!(fs.nodes.get(tino).is_none());
+}
