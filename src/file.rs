@@ -261,6 +261,21 @@ impl OvlFs {
         Ok(())
     }
 
+    /// fsync of a dir: its upper dir, if it has one (a lower one has
+    /// nothing of ours to sync). Best effort, as the kernel's overlay.
+    pub fn fsyncdir(&self, node: &Node) -> Result<()> {
+        if !node.has_upper() || !self.fsync_enabled() {
+            return Ok(());
+        }
+        if let Ok(fd) = self
+            .path_of(node)
+            .and_then(|p| Ok(self.upper()?.open_dir(&p)?))
+        {
+            let _ = sys::fsync(fd.as_fd(), false);
+        }
+        Ok(())
+    }
+
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> Result<()> {
         let f = self.file(fh)?;
         Ok(sys::fallocate(

@@ -25,6 +25,7 @@ pub mod rename;
 pub mod rename_lock;
 pub mod sys;
 pub mod whiteout;
+pub mod wire;
 pub mod xattr;
 
 pub use ovl::OvlFs;

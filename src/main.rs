@@ -6,7 +6,7 @@ use std::process::exit;
 use std::sync::Arc;
 
 use clap::Parser;
-use fuser::SessionACL;
+use ovlfuse::wire::{Acl, Session};
 
 use ovlfuse::config::Config;
 use ovlfuse::fuse::OvlFuse;
@@ -87,8 +87,12 @@ fn main() {
     let sigs = sys::block_term_signals();
     if cli.version {
         println!("ovlfuse version {}", env!("CARGO_PKG_VERSION"));
-        println!("FUSE library version fuser 0.18 (native, no libfuse)");
-        println!("using FUSE kernel interface version 7.40");
+        println!("FUSE library version ovlfuse wire (native, no libfuse)");
+        println!(
+            "using FUSE kernel interface version {}.{}",
+            ovlfuse::wire::abi::KERNEL_VERSION,
+            ovlfuse::wire::abi::KERNEL_MINOR_VERSION
+        );
         return;
     }
     let mountpoint = match cli.args.last() {
@@ -117,13 +121,7 @@ fn main() {
     for w in cfg.warnings.drain(..) {
         eprintln!("{w}");
     }
-    // fuser logs every reply the kernel refuses; it refuses the replies to
-    // requests of a client killed meanwhile (ENOENT), which is routine.
-    let level = if cli.debug {
-        "debug"
-    } else {
-        "info,fuser=error,fuser::reply=off"
-    };
+    let level = if cli.debug { "debug" } else { "info" };
     logger::init(level, &prog);
     let cwd = std::env::current_dir()
         .unwrap_or_else(|e| die(format!("cannot read the current directory: {e}")));
@@ -146,38 +144,35 @@ fn main() {
         allow_root: f.allow_root,
     };
     let acl = if margs.allow_other {
-        SessionACL::All
+        Acl::All
     } else if f.allow_root {
-        SessionACL::RootAndOwner
+        Acl::RootAndOwner
     } else {
-        SessionACL::Owner
+        Acl::Owner
     };
-    let mut fcfg = fuser::Config::default();
-    fcfg.acl = acl;
-    fcfg.n_threads = Some(cfg.threads);
-    fcfg.clone_fd = true;
+    let threads = cfg.threads;
 
     let fs = Arc::new(OvlFs::new(cfg).unwrap_or_else(|e| die(e)));
     let core = fs.clone();
     let foreground = cli.foreground || cli.debug;
     // The mount is made and the FUSE handshake done before we detach, so the
     // starting process returns only once the mount is live. ovlfuse mounts
-    // and unmounts itself (fuser would unmount by path when the connection
-    // ends, which can hit the next mount at that path).
+    // and unmounts itself, by the mount's identity rather than its path.
     let made = match fd_mount {
         Some(n) => mount::adopt(n),
         None => mount::mount(&mnt, &margs),
     };
     let (dev, fmount) =
         made.unwrap_or_else(|e| die(format!("cannot mount on {}: {e}", mnt.display())));
-    let session = fuser::Session::from_fd(OvlFuse::new(fs), dev, acl, fcfg);
+    let handler = Arc::new(OvlFuse::new(fs));
+    let session = Session::new(dev, &*handler, acl, threads);
     let session = session.unwrap_or_else(|e| {
         fmount.unmount();
         die(format!("cannot mount on {}: {e}", mnt.display()))
     });
     let notifier = session.notifier();
     let _ = core.inval_attr.set(Box::new(move |ino| {
-        let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+        let _ = notifier.inval_inode(ino, -1, 0);
     }));
     // Entry invalidations wait for the request that asks for them to be
     // answered: the kernel holds the dir locked until then.
@@ -204,7 +199,7 @@ fn main() {
     }
     std::thread::spawn(move || {
         for (parent, name) in rx {
-            let _ = entry_notifier.inval_entry(fuser::INodeNo(parent), &name);
+            let _ = entry_notifier.inval_entry(parent, &name);
         }
     });
     // SIGTERM, SIGINT, SIGHUP: unmount if the mount is still ours, then end,
@@ -217,7 +212,7 @@ fn main() {
             std::process::exit(0);
         }
     });
-    if let Err(e) = session.run() {
+    if let Err(e) = session.run(handler) {
         log::error!("session ended: {e}");
         exit(1);
     }

@@ -1,9 +1,9 @@
 //! The in-memory inode table (the kernel's ovl_inode + dcache in one).
 //!
-//! FUSE node ids are the st_ino we report (fuser sends attr.ino as the node
-//! id), so a node is keyed by its overlay inode number; only objects that
-//! share their st_ino with another get a node id of their own (is_split_id)
-//! and report their st_ino through GETATTR. A node stays in the
+//! A node's FUSE node id is the st_ino we report, so a node is keyed by
+//! its overlay inode number; only objects that share their st_ino with
+//! another (names of a lower hard link) get a node id of their own
+//! (is_split_id), and replies carry their st_ino beside it. A node stays in the
 //! table while the kernel holds lookups on it or anything (a child, an open
 //! file) refers to it; its memory is freed on the last FORGET.
 

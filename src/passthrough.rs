@@ -7,8 +7,8 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::wire::BackingId;
 use dashmap::DashMap;
-use fuser::BackingId;
 use log::info;
 
 #[derive(Default)]

@@ -1,0 +1,183 @@
+//! Requests on open files and dirs: open, read, write, create, release,
+//! fsync, allocation, seeking, copying, and listing.
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use super::entry::{caller, creds};
+use super::{attr, tryr, OvlFuse};
+use crate::wire::{Attr, BackingId, DirBuf, Entry, Reply, Request};
+
+impl OvlFuse {
+    /// Picks the I/O mode of a new open (passthrough.rs).
+    fn start_io(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let fd = self
+            .pt
+            .enabled()
+            .then(|| self.fs.passthrough_fd(fh))
+            .flatten();
+        self.pt.start(ino, fh, fd, register)
+    }
+
+    pub(super) fn open(&self, req: &Request, flags: u32, reply: Reply) {
+        let _paths = self.fs.rename_lock.paths();
+        let n = tryr!(reply, self.node(req.nodeid));
+        let fh = tryr!(reply, self.fs.open(&n, flags as i32));
+        let b = self.start_io(n.ino, fh, |fd| reply.open_backing(fd));
+        reply.opened(fh, b.as_deref())
+    }
+
+    pub(super) fn create(
+        &self,
+        req: &Request,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: u32,
+        reply: Reply,
+    ) {
+        let _paths = self.fs.rename_lock.paths();
+        let p = tryr!(reply, self.node(req.nodeid));
+        let mode = self.acl_mode(&p, mode, umask);
+        let r = self.fs.create(&p, name, mode, flags as i32, creds(req));
+        let (node, st, fh) = tryr!(reply, r);
+        let a = attr(&st);
+        let b = self.start_io(node.ino, fh, |fd| reply.open_backing(fd));
+        reply.created(&self.entry_of(&node, &a), fh, b.as_deref())
+    }
+
+    pub(super) fn read(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
+        let data = tryr!(reply, self.fs.read(fh, offset, size));
+        reply.data(&data)
+    }
+
+    pub(super) fn write(&self, req: &Request, fh: u64, offset: u64, data: &[u8], reply: Reply) {
+        let n = tryr!(reply, self.fs.write(fh, offset, data));
+        tryr!(reply, self.fs.kill_priv_fh(fh, &caller(req)));
+        reply.written(n)
+    }
+
+    pub(super) fn release(&self, req: &Request, fh: u64, reply: Reply) {
+        self.pt.end(req.nodeid, fh);
+        self.fs.release(fh);
+        reply.ok()
+    }
+
+    pub(super) fn fsync(&self, fh: u64, datasync: bool, reply: Reply) {
+        tryr!(reply, self.fs.fsync(fh, datasync));
+        reply.ok()
+    }
+
+    pub(super) fn fallocate(
+        &self,
+        req: &Request,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: u32,
+        reply: Reply,
+    ) {
+        tryr!(reply, self.fs.fallocate(fh, offset, length, mode as i32));
+        tryr!(reply, self.fs.kill_priv_fh(fh, &caller(req)));
+        reply.ok()
+    }
+
+    pub(super) fn lseek(&self, fh: u64, offset: i64, whence: u32, reply: Reply) {
+        let off = tryr!(reply, self.fs.lseek(fh, offset, whence as i32));
+        reply.offset(off)
+    }
+
+    pub(super) fn copy_file_range(
+        &self,
+        req: &Request,
+        (fh_in, off_in): (u64, u64),
+        (fh_out, off_out): (u64, u64),
+        len: u64,
+        reply: Reply,
+    ) {
+        let n = tryr!(
+            reply,
+            self.fs.copy_file_range(fh_in, off_in, fh_out, off_out, len)
+        );
+        tryr!(reply, self.fs.kill_priv_fh(fh_out, &caller(req)));
+        reply.written(n)
+    }
+
+    pub(super) fn opendir(&self, req: &Request, reply: Reply) {
+        let n = tryr!(reply, self.node(req.nodeid));
+        let fh = tryr!(reply, self.fs.opendir(&n));
+        reply.opened(fh, None)
+    }
+
+    pub(super) fn releasedir(&self, fh: u64, reply: Reply) {
+        self.fs.releasedir(fh);
+        reply.ok()
+    }
+
+    pub(super) fn fsyncdir(&self, req: &Request, reply: Reply) {
+        let _paths = self.fs.rename_lock.paths();
+        let n = tryr!(reply, self.node(req.nodeid));
+        tryr!(reply, self.fs.fsyncdir(&n));
+        reply.ok()
+    }
+
+    pub(super) fn readdir(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
+        let _paths = self.fs.rename_lock.paths();
+        let entries = tryr!(reply, self.fs.readdir(fh, offset));
+        let mut buf = DirBuf::new(size);
+        for (i, en) in entries.iter().enumerate().skip(offset as usize) {
+            if !buf.add(en.ino, (i + 1) as u64, en.dtype as u32, en.name.as_bytes()) {
+                break;
+            }
+        }
+        reply.dir(buf)
+    }
+
+    /// Each entry is a lookup (counted, as the kernel keeps it) whose
+    /// attributes come along; d_ino is the st_ino that stat reports, also
+    /// where the node id differs (a name of a lower hard link).
+    pub(super) fn readdirplus(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
+        let _paths = self.fs.rename_lock.paths();
+        let entries = tryr!(reply, self.fs.readdir(fh, offset));
+        let dir = tryr!(reply, self.fs.dir_node(fh));
+        let mut buf = DirBuf::new(size);
+        let none = Attr::default();
+        let unlinked = Entry {
+            nodeid: 0,
+            generation: 0,
+            entry_ttl: std::time::Duration::ZERO,
+            attr_ttl: std::time::Duration::ZERO,
+            attr: &none,
+        };
+        for (i, en) in entries.iter().enumerate().skip(offset as usize) {
+            let (off, name, dtype) = ((i + 1) as u64, en.name.as_bytes(), en.dtype as u32);
+            // "." and ".." take no lookup and need no attributes; a name
+            // listed but not found (an xattr whiteout outside an opaque=x
+            // dir) goes without them too (node id 0).
+            let found = match name {
+                b"." | b".." => None,
+                _ => self.fs.lookup(&dir, &en.name, true).ok(),
+            };
+            let Some((node, st)) = found else {
+                if !buf.add_plus(&unlinked, en.ino, off, dtype, name) {
+                    break;
+                }
+                continue;
+            };
+            let a = attr(&st);
+            if !buf.add_plus(&self.entry_of(&node, &a), st.st_ino, off, dtype, name) {
+                // Did not fit: the lookup is given back.
+                self.fs.forget(node.ino, 1);
+                break;
+            }
+        }
+        reply.dir(buf)
+    }
+}

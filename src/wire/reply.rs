@@ -1,0 +1,263 @@
+//! Replies: one per request (but FORGET), built here and handed to the
+//! transport that carried the request. A reply dropped unsent answers EIO,
+//! so that no request is left waiting.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::abi::{self, split_ttl, Attr, Writer};
+use super::BackingId;
+
+/// Where replies go: the /dev/fuse fd, or an io_uring queue entry.
+pub trait Channel: Send + Sync {
+    /// Sends one whole reply: the out header, then `payload` parts.
+    fn send(&self, unique: u64, error: i32, payload: &[&[u8]]) -> io::Result<()>;
+    /// The connection's device fd (passthrough backing files).
+    fn device(&self) -> BorrowedFd<'_>;
+    /// Keeps the device alive as long as a backing id needs it.
+    fn device_arc(&self) -> Arc<std::os::fd::OwnedFd>;
+}
+
+/// Builds the out header and sends header + parts in one write.
+pub fn write_reply(fd: BorrowedFd, unique: u64, error: i32, payload: &[&[u8]]) -> io::Result<()> {
+    let len = abi::OUT_HEADER_LEN + payload.iter().map(|p| p.len()).sum::<usize>();
+    let mut h = Writer::with_capacity(abi::OUT_HEADER_LEN);
+    h.u32(len as u32).u32(error as u32).u64(unique);
+    let mut parts = Vec::with_capacity(payload.len() + 1);
+    parts.push(IoSlice::new(&h.buf));
+    parts.extend(payload.iter().map(|p| IoSlice::new(p)));
+    crate::sys::fuse_dev::write_message(fd, &parts).map(drop)
+}
+
+/// The answer to one request.
+pub struct Reply {
+    unique: u64,
+    chan: Arc<dyn Channel>,
+    sent: bool,
+}
+
+/// What an entry reply tells: node id, generation, and attributes with
+/// their validity.
+pub struct Entry<'a> {
+    pub nodeid: u64,
+    pub generation: u64,
+    pub entry_ttl: Duration,
+    pub attr_ttl: Duration,
+    pub attr: &'a Attr,
+}
+
+impl Entry<'_> {
+    pub fn write(&self, w: &mut Writer) {
+        let (es, ens) = split_ttl(self.entry_ttl);
+        let (asec, ans) = split_ttl(self.attr_ttl);
+        w.u64(self.nodeid)
+            .u64(self.generation)
+            .u64(es)
+            .u64(asec)
+            .u32(ens)
+            .u32(ans);
+        self.attr.write(w);
+    }
+}
+
+impl Reply {
+    pub fn new(unique: u64, chan: Arc<dyn Channel>) -> Reply {
+        Reply {
+            unique,
+            chan,
+            sent: false,
+        }
+    }
+
+    fn send(mut self, error: i32, payload: &[&[u8]]) {
+        self.sent = true;
+        // ENOENT: the request was interrupted and is gone; nothing to do.
+        if let Err(e) = self.chan.send(self.unique, error, payload) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                log::debug!("reply to request {}: {e}", self.unique);
+            }
+        }
+    }
+
+    /// For requests that get no reply (FORGET, INTERRUPT).
+    pub fn forget_done(mut self) {
+        self.sent = true;
+    }
+
+    /// An errno (positive, as errno values are).
+    pub fn error(self, errno: i32) {
+        self.send(-errno, &[])
+    }
+
+    pub fn ok(self) {
+        self.send(0, &[])
+    }
+
+    pub fn entry(self, e: &Entry) {
+        let mut w = Writer::with_capacity(abi::ENTRY_OUT_LEN);
+        e.write(&mut w);
+        self.send(0, &[&w.buf])
+    }
+
+    pub fn attr(self, ttl: Duration, a: &Attr) {
+        let (s, ns) = split_ttl(ttl);
+        let mut w = Writer::with_capacity(16 + abi::ATTR_LEN);
+        w.u64(s).u32(ns).u32(0);
+        a.write(&mut w);
+        self.send(0, &[&w.buf])
+    }
+
+    fn open_out(w: &mut Writer, fh: u64, backing: Option<&BackingId>) {
+        let (flags, id) = match backing {
+            Some(b) => (abi::FOPEN_PASSTHROUGH, b.id()),
+            None => (0, 0),
+        };
+        w.u64(fh).u32(flags).u32(id);
+    }
+
+    pub fn opened(self, fh: u64, backing: Option<&BackingId>) {
+        let mut w = Writer::with_capacity(16);
+        Self::open_out(&mut w, fh, backing);
+        self.send(0, &[&w.buf])
+    }
+
+    pub fn created(self, e: &Entry, fh: u64, backing: Option<&BackingId>) {
+        let mut w = Writer::with_capacity(abi::ENTRY_OUT_LEN + 16);
+        e.write(&mut w);
+        Self::open_out(&mut w, fh, backing);
+        self.send(0, &[&w.buf])
+    }
+
+    pub fn data(self, d: &[u8]) {
+        self.send(0, &[d])
+    }
+
+    pub fn written(self, n: u32) {
+        let mut w = Writer::with_capacity(8);
+        w.u32(n).u32(0);
+        self.send(0, &[&w.buf])
+    }
+
+    pub fn xattr_size(self, n: u32) {
+        let mut w = Writer::with_capacity(8);
+        w.u32(n).u32(0);
+        self.send(0, &[&w.buf])
+    }
+
+    pub fn offset(self, off: i64) {
+        self.send(0, &[&off.to_ne_bytes()])
+    }
+
+    /// fuse_kstatfs: blocks, bfree, bavail, files, ffree, bsize, namelen, frsize.
+    pub fn statfs(self, s: [u64; 5], bsize: u32, namelen: u32, frsize: u32) {
+        let mut w = Writer::with_capacity(80);
+        for v in s {
+            w.u64(v);
+        }
+        w.u32(bsize).u32(namelen).u32(frsize).u32(0).zeros(24);
+        self.send(0, &[&w.buf])
+    }
+
+    pub fn dir(self, d: DirBuf) {
+        self.send(0, &[&d.w.buf])
+    }
+
+    /// Registers `file` as the backing file of a passthrough open.
+    pub fn open_backing(&self, file: impl AsFd) -> io::Result<BackingId> {
+        let id = crate::sys::fuse_dev::backing_open(self.chan.device(), file.as_fd())?;
+        Ok(BackingId::new(id, self.chan.device_arc()))
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.sent = true;
+            let _ = self.chan.send(self.unique, -libc::EIO, &[]);
+        }
+    }
+}
+
+/// The entries of a READDIR or READDIRPLUS reply, up to the size the
+/// kernel asked for.
+pub struct DirBuf {
+    w: Writer,
+    max: usize,
+}
+
+impl DirBuf {
+    pub fn new(max: u32) -> DirBuf {
+        DirBuf {
+            w: Writer::with_capacity((max as usize).min(1 << 16)),
+            max: max as usize,
+        }
+    }
+
+    fn fits(&self, extra: usize, name: &[u8]) -> bool {
+        let need = (extra + abi::DIRENT_LEN + name.len()).next_multiple_of(8);
+        self.w.buf.len() + need <= self.max
+    }
+
+    fn dirent(&mut self, ino: u64, off: u64, dtype: u32, name: &[u8]) {
+        self.w
+            .u64(ino)
+            .u64(off)
+            .u32(name.len() as u32)
+            .u32(dtype)
+            .bytes(name)
+            .pad8();
+    }
+
+    /// A READDIR entry; false once the buffer is full (not added).
+    pub fn add(&mut self, ino: u64, off: u64, dtype: u32, name: &[u8]) -> bool {
+        if !self.fits(0, name) {
+            return false;
+        }
+        self.dirent(ino, off, dtype, name);
+        true
+    }
+
+    /// A READDIRPLUS entry: the entry reply for the name (node id 0: no
+    /// lookup taken), and d_ino, which need not be the node id.
+    pub fn add_plus(&mut self, e: &Entry, ino: u64, off: u64, dtype: u32, name: &[u8]) -> bool {
+        if !self.fits(abi::ENTRY_OUT_LEN, name) {
+            return false;
+        }
+        e.write(&mut self.w);
+        self.dirent(ino, off, dtype, name);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_entries_are_aligned_and_bounded() {
+        let mut d = DirBuf::new(64);
+        assert!(d.add(5, 1, 4, b"abc"));
+        assert_eq!(d.w.buf.len(), 32);
+        assert!(d.add(6, 2, 8, b"defghijk"));
+        assert_eq!(d.w.buf.len(), 64);
+        assert!(!d.add(7, 3, 8, b"x"));
+        let a = Attr::default();
+        let e = Entry {
+            nodeid: 9,
+            generation: 1,
+            entry_ttl: Duration::ZERO,
+            attr_ttl: Duration::ZERO,
+            attr: &a,
+        };
+        let mut p = DirBuf::new(4096);
+        assert!(p.add_plus(&e, 77, 1, 8, b"n"));
+        assert_eq!(p.w.buf.len(), abi::ENTRY_OUT_LEN + 32);
+        assert_eq!(&p.w.buf[..8], &9u64.to_ne_bytes());
+        assert_eq!(
+            &p.w.buf[abi::ENTRY_OUT_LEN..abi::ENTRY_OUT_LEN + 8],
+            &77u64.to_ne_bytes()
+        );
+    }
+}
