@@ -1033,7 +1033,11 @@ fn d_ino_is_st_ino_for_every_entry() {
         for i in 0..150 {
             write(&l[2].join(format!("big/f{i:03}")), b"f");
             if i % 10 == 0 {
-                fs::hard_link(l[2].join(format!("big/f{i:03}")), l[2].join(format!("big/h{i:03}"))).unwrap();
+                fs::hard_link(
+                    l[2].join(format!("big/f{i:03}")),
+                    l[2].join(format!("big/h{i:03}")),
+                )
+                .unwrap();
             }
             write(&l[0].join(format!("a/t{i:03}")), b"t");
         }

@@ -128,6 +128,9 @@ impl Handler for OvlFuse {
             c.want(f);
         }
         if !old {
+            // Requests over io_uring where the kernel offers it (Linux
+            // 6.14+, fuse.enable_uring=1); /dev/fuse otherwise.
+            c.want(init::OVER_IO_URING);
             c.want(init::CACHE_SYMLINKS);
             // Set-id bits are dropped by ovlfuse (killpriv.rs, with the
             // kernel's rules), file capabilities by the real filesystem

@@ -13,6 +13,7 @@ pub mod fuse_dev;
 pub mod handle;
 pub mod mount;
 pub mod process;
+pub mod uring;
 pub mod xattr;
 
 pub use handle::*;

@@ -95,21 +95,36 @@ pub const ENTRY_OUT_LEN: usize = 40 + ATTR_LEN;
 pub const DIRENT_LEN: usize = 24;
 pub const WRITE_IN_LEN: usize = 40;
 
-/// Reads the fields of an in-struct in order.
+/// Reads the fields of an in-struct in order, from one buffer or from two
+/// (io_uring puts an op's struct and the rest of its arguments apart); a
+/// field never straddles the two.
 pub struct Reader<'a> {
     buf: &'a [u8],
+    next: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Reader<'a> {
-        Reader { buf }
+        Reader { buf, next: &[] }
+    }
+
+    pub fn chain(buf: &'a [u8], next: &'a [u8]) -> Reader<'a> {
+        Reader { buf, next }
+    }
+
+    fn cur(&mut self) -> &'a [u8] {
+        if self.buf.is_empty() {
+            self.buf = std::mem::take(&mut self.next);
+        }
+        self.buf
     }
 
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.buf.len() < n {
+        let cur = self.cur();
+        if cur.len() < n {
             return None;
         }
-        let (a, b) = self.buf.split_at(n);
+        let (a, b) = cur.split_at(n);
         self.buf = b;
         Some(a)
     }
@@ -135,15 +150,17 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated name.
     pub fn name(&mut self) -> Option<&'a [u8]> {
-        let end = self.buf.iter().position(|&b| b == 0)?;
-        let s = &self.buf[..end];
-        self.buf = &self.buf[end + 1..];
-        Some(s)
+        let cur = self.cur();
+        let end = cur.iter().position(|&b| b == 0)?;
+        self.buf = &cur[end + 1..];
+        Some(&cur[..end])
     }
 
     /// What is left (a write's data, an xattr's value).
     pub fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.buf)
+        let cur = self.cur();
+        self.buf = &[];
+        cur
     }
 }
 

@@ -11,6 +11,7 @@ pub mod abi;
 pub mod reply;
 pub mod request;
 pub mod session;
+pub mod uring;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -19,6 +20,22 @@ pub use abi::Attr;
 pub use reply::{DirBuf, Entry, Reply};
 pub use request::{Op, Request, SetattrIn};
 pub use session::{Acl, Notifier, Session};
+
+/// Requests served per transport, since the start.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub dev_fuse: std::sync::atomic::AtomicU64,
+    pub io_uring: std::sync::atomic::AtomicU64,
+}
+
+pub static STATS: TransportStats = TransportStats {
+    dev_fuse: std::sync::atomic::AtomicU64::new(0),
+    io_uring: std::sync::atomic::AtomicU64::new(0),
+};
+
+fn count(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// What the filesystem answers; called from every worker thread.
 pub trait Handler: Send + Sync + 'static {

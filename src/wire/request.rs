@@ -188,31 +188,65 @@ fn name(b: &[u8]) -> &OsStr {
 impl<'a> Request<'a> {
     /// Parses one message read from the device.
     pub fn parse(buf: &'a [u8]) -> Result<Request<'a>, Malformed> {
-        let mut h = Reader::new(buf);
-        let len = h.u32().ok_or(Malformed)? as usize;
-        let opcode = h.u32().ok_or(Malformed)?;
-        let unique = h.u64().ok_or(Malformed)?;
-        let nodeid = h.u64().ok_or(Malformed)?;
-        let (uid, gid, pid) = (
-            h.u32().ok_or(Malformed)?,
-            h.u32().ok_or(Malformed)?,
-            h.u32().ok_or(Malformed)?,
-        );
+        let (len, h) = parse_header(buf)?;
         if len < abi::IN_HEADER_LEN || len > buf.len() {
             return Err(Malformed);
         }
-        let args = Reader::new(&buf[abi::IN_HEADER_LEN..len]);
-        let op = parse_op(opcode, args).ok_or(Malformed)?;
+        h.with_op(Reader::new(&buf[abi::IN_HEADER_LEN..len]))
+    }
+
+    /// Parses a request as an io_uring entry holds it: the in header, the
+    /// op's fixed struct, and the rest of its arguments.
+    pub fn parse_parts(
+        header: &'a [u8],
+        op: &'a [u8],
+        payload: &'a [u8],
+    ) -> Result<Request<'a>, Malformed> {
+        parse_header(header)?.1.with_op(Reader::chain(op, payload))
+    }
+}
+
+/// The in header's fields but its length.
+struct Header {
+    opcode: u32,
+    unique: u64,
+    nodeid: u64,
+    uid: u32,
+    gid: u32,
+    pid: u32,
+}
+
+impl Header {
+    fn with_op(self, args: Reader) -> Result<Request, Malformed> {
+        let op = parse_op(self.opcode, args).ok_or(Malformed)?;
         Ok(Request {
-            unique,
+            unique: self.unique,
+            opcode: self.opcode,
+            nodeid: self.nodeid,
+            uid: self.uid,
+            gid: self.gid,
+            pid: self.pid,
+            op,
+        })
+    }
+}
+
+fn parse_header(buf: &[u8]) -> Result<(usize, Header), Malformed> {
+    let mut h = Reader::new(buf);
+    let mut read = || -> Option<(usize, Header)> {
+        let (len, opcode, unique, nodeid) = (h.u32()?, h.u32()?, h.u64()?, h.u64()?);
+        let (uid, gid, pid) = (h.u32()?, h.u32()?, h.u32()?);
+        let hdr = Header {
             opcode,
+            unique,
             nodeid,
             uid,
             gid,
             pid,
-            op,
-        })
-    }
+        };
+        Some((len as usize, hdr))
+    };
+    read().ok_or(Malformed)
 }
 
 fn parse_op(opcode: u32, mut r: Reader) -> Option<Op> {
@@ -490,6 +524,28 @@ mod tests {
         short.bytes(b"abc");
         assert_eq!(Request::parse(&short.buf).unwrap_err(), Malformed);
         assert_eq!(Request::parse(&w.buf[..30]).unwrap_err(), Malformed);
+    }
+
+    #[test]
+    fn parts_as_io_uring_gives_them() {
+        let mut w = Writer::default();
+        header(&mut w, op::MKDIR, 40 + 8 + 4);
+        w.u32(0o755).u32(0o022).bytes(b"dir\0");
+        let (h, rest) = w.buf.split_at(40);
+        let (opin, payload) = rest.split_at(8);
+        match Request::parse_parts(h, opin, payload).unwrap().op {
+            Op::Mkdir { name, mode, umask } => {
+                assert_eq!((name, mode, umask), (OsStr::new("dir"), 0o755, 0o022))
+            }
+            o => panic!("{o:?}"),
+        }
+        // A name-only op has an empty struct: the name is in the payload.
+        let mut w = Writer::default();
+        header(&mut w, op::LOOKUP, 40 + 2);
+        match Request::parse_parts(&w.buf, &[], b"x\0").unwrap().op {
+            Op::Lookup { name } => assert_eq!(name, OsStr::new("x")),
+            o => panic!("{o:?}"),
+        }
     }
 
     #[test]

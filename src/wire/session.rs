@@ -12,6 +12,7 @@ use log::{debug, info};
 
 use super::abi::{self, init, op, Writer};
 use super::reply::{write_reply, Channel};
+use super::uring::{self, QueueArgs};
 use super::{Handler, InitConfig, Op, Reply, Request};
 use crate::sys::fuse_dev;
 
@@ -77,6 +78,8 @@ pub struct Session {
     owner: u32,
     threads: usize,
     bufsize: usize,
+    /// INIT granted FUSE_OVER_IO_URING.
+    uring: bool,
 }
 
 /// Requests that act on what is already open, or need no permission:
@@ -110,8 +113,17 @@ impl Session {
             owner: crate::sys::mount::getuid_gid().0,
             threads: threads.max(1),
             bufsize: MAX_WRITE + 4096,
+            uring: false,
         };
-        s.handshake(h)?;
+        let mut s = s;
+        s.uring = s.handshake(h)? & init::OVER_IO_URING != 0;
+        // Said before a daemon detaches, so that whoever starts it sees it.
+        if s.uring {
+            let (q, k) = s.queue_shape();
+            info!("FUSE transport: io_uring, {q} queues x {k} threads");
+        } else {
+            info!("FUSE transport: /dev/fuse, {} threads", s.threads);
+        }
         Ok(s)
     }
 
@@ -121,7 +133,8 @@ impl Session {
         }
     }
 
-    fn handshake<H: Handler>(&self, h: &H) -> io::Result<()> {
+    /// Reads INIT, lets `h` choose, answers; returns the flags in use.
+    fn handshake<H: Handler>(&self, h: &H) -> io::Result<u64> {
         let mut buf = vec![0u8; self.bufsize];
         let n = loop {
             match fuse_dev::read_request(self.dev.as_fd(), &mut buf) {
@@ -176,14 +189,29 @@ impl Session {
             .zeros(24);
         chan.send(req.unique, 0, &[&w.buf])?;
         debug!("INIT: FUSE {major}.{minor}, flags {wanted:#x} of {flags:#x}");
-        Ok(())
+        Ok(wanted)
     }
 
-    /// Serves requests until the connection ends.
+    /// Serves requests until the connection ends: on io_uring queues where
+    /// INIT granted them, and always on /dev/fuse (FORGET, INTERRUPT, and
+    /// everything before the queues are up or if they cannot be).
     pub fn run<H: Handler>(&self, h: Arc<H>) -> io::Result<()> {
-        info!("FUSE transport: /dev/fuse, {} threads", self.threads);
         let mut workers = Vec::new();
-        for i in 1..self.threads {
+        let mut dev_threads = self.threads;
+        if self.uring {
+            let args = QueueArgs {
+                dev: self.dev.clone(),
+                handler: h.clone(),
+                acl: self.acl,
+                owner: self.owner,
+                payload_len: MAX_WRITE,
+            };
+            // Not joined: a queue thread ends when the kernel ends its
+            // entry, which the end of the connection need not wait for.
+            uring::start(&args, self.queue_shape().1)?;
+            dev_threads = 1;
+        }
+        for i in 1..dev_threads {
             // A clone gets its own queue; without one, workers share the fd.
             let fd = match fuse_dev::clone_fd(self.dev.as_fd()) {
                 Ok(fd) => Arc::new(fd),
@@ -196,7 +224,9 @@ impl Session {
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("ovlfuse-{i}"))
-                    .spawn(move || serve(fd, &*h, s))?,
+                    .spawn(move || {
+                        let _ = serve(fd, &*h, s);
+                    })?,
             );
         }
         let r = serve(self.dev.clone(), &*h, self.worker_args());
@@ -204,7 +234,20 @@ impl Session {
             let _ = w.join();
         }
         h.destroy();
+        let s = &super::STATS;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        info!(
+            "requests served: {} over io_uring, {} over /dev/fuse",
+            n(&s.io_uring),
+            n(&s.dev_fuse)
+        );
         r
+    }
+
+    /// io_uring queues (one per possible CPU) and threads per queue.
+    fn queue_shape(&self) -> (usize, usize) {
+        let queues = crate::sys::uring::possible_cpus();
+        (queues, self.threads.div_ceil(queues))
     }
 
     fn worker_args(&self) -> (Acl, u32, usize) {
@@ -231,18 +274,29 @@ fn serve<H: Handler>(
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
             Err(e) => return Err(e),
         };
-        dispatch(&buf[..n], h, &chan, acl, owner);
+        super::count(&super::STATS.dev_fuse);
+        // The unique is the second field; a malformed request is answered.
+        let unique = buf
+            .get(8..16)
+            .map(|u| u64::from_ne_bytes(u.try_into().expect("8 bytes")));
+        dispatch(Request::parse(&buf[..n]), unique, h, &chan, acl, owner);
     }
 }
 
-/// Answers one request read from any transport.
-pub fn dispatch<H: Handler>(buf: &[u8], h: &H, chan: &Arc<dyn Channel>, acl: Acl, owner: u32) {
-    let req = match Request::parse(buf) {
+/// Answers one request read from any transport. `unique`: the request's
+/// id where a malformed one can still be answered.
+pub fn dispatch<H: Handler>(
+    parsed: Result<Request, super::request::Malformed>,
+    unique: Option<u64>,
+    h: &H,
+    chan: &Arc<dyn Channel>,
+    acl: Acl,
+    owner: u32,
+) {
+    let req = match parsed {
         Ok(r) => r,
         Err(_) => {
-            // The unique is the second field; answer it if we have one.
-            if let Some(u) = buf.get(8..16) {
-                let u = u64::from_ne_bytes(u.try_into().expect("8 bytes"));
+            if let Some(u) = unique {
                 let _ = chan.send(u, -libc::EIO, &[]);
             }
             return;
