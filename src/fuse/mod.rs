@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use log::{debug, info};
 
-use crate::node::Node;
+use crate::node::{is_split_id, Node};
 use crate::passthrough::Passthrough;
 use crate::sys::Stat;
 use crate::wire::abi::init;
@@ -74,9 +74,11 @@ impl OvlFuse {
     }
 
     /// No attribute caching for a node open for writing (Node::writers):
-    /// writes through a shared mapping change its times behind our back.
+    /// writes through a shared mapping change its times behind our back;
+    /// nor for a name of a lower hard link with a node of its own: a
+    /// change through another name changes what it shows.
     fn attr_ttl(&self, node: &Node) -> Duration {
-        if node.writers.load(Ordering::Acquire) > 0 {
+        if is_split_id(node.ino) || node.writers.load(Ordering::Acquire) > 0 {
             Duration::ZERO
         } else {
             self.ttl
