@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: kernel overlayfs, ovlfuse and fuse-overlayfs on
-# identical layers, interleaved in one run, median of REPEATS, ratios to the
-# kernel. Sizes are flags; --quick runs in about a minute.
+# Side-by-side benchmark: kernel overlayfs, ovlfuse over /dev/fuse and over
+# io_uring, fuse-overlayfs 1.x (apt) and 2.0 (crates.io), on identical
+# layers, interleaved in one run, median of REPEATS, ratios to the kernel.
+# Then FUSE requests per operation (tracepoint fuse:fuse_request_send) and
+# the cost per request above the kernel's time. Sizes are flags; --quick
+# runs in a few minutes.
 #
 #   bench/run.sh [--files N] [--dirs N] [--mib N] [--repeats N] [--quick]
 set -euo pipefail
@@ -17,11 +20,27 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")/.."
+. scripts/lib/mount.sh
 OVL="$PWD/target/release/ovlfuse"
 FOVL=$(command -v fuse-overlayfs || true)
+FOVL2="$PWD/target/fuse-overlayfs-2.0/bin/fuse-overlayfs"
+URING=/sys/module/fuse/parameters/enable_uring
+TR=/sys/kernel/tracing
 T=$(mktemp -d /tmp/ovlfuse-bench.XXXXXX)
+# Kernel settings this script changes, put back on exit.
+SAVED_URING=$(cat "$URING" 2>/dev/null || true)
+SAVED_TRACE=$(cat "$TR/tracing_on" 2>/dev/null || true)
+SAVED_BUF=$(cat "$TR/buffer_size_kb" 2>/dev/null || true)
+DAEMON=0
 cleanup() {
-  for m in "$T"/*/m; do grep -q " $m " /proc/mounts && umount "$m" 2>/dev/null || true; done
+  for m in "$T"/*/m; do is_mounted "$m" && umount "$m" 2>/dev/null || true; done
+  [ "$DAEMON" != 0 ] && kill "$DAEMON" 2>/dev/null || true
+  [ -n "$SAVED_URING" ] && echo "$SAVED_URING" > "$URING"
+  if [ -n "$SAVED_TRACE" ]; then
+    echo 0 > "$TR/events/fuse/fuse_request_send/enable"
+    echo "$SAVED_BUF" > "$TR/buffer_size_kb"
+    echo "$SAVED_TRACE" > "$TR/tracing_on"
+  fi
   rm -rf "$T"
 }
 trap cleanup EXIT
@@ -37,97 +56,170 @@ dd if=/dev/urandom of="$L/big" bs=1M count="$MIB" status=none
 sync
 
 now() { date +%s%N; }
-mount_fs() { # kind dir
-  local k=$1 d=$2
+# Mounts kind $1 in dir $2; a FUSE daemon runs in the foreground as our
+# child, tracked by its pid (DAEMON).
+mount_fs() {
+  local k=$1 d=$2 o
   rm -rf "$d" && mkdir -p "$d/u" "$d/w" "$d/m"
+  o="lowerdir=$L,upperdir=$d/u,workdir=$d/w"
+  [ -n "$SAVED_URING" ] && { [[ $k == ovlfuse-uring* ]] && echo Y || echo N; } > "$URING"
   case $k in
-    kernel) mount -t overlay overlay -o "lowerdir=$L,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
-    ovlfuse) "$OVL" -o "lowerdir=$L,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
-    ovlfuse-t1) "$OVL" -o "lowerdir=$L,upperdir=$d/u,workdir=$d/w,threads=1" "$d/m" ;;
-    fuse-overlayfs) "$FOVL" -o "lowerdir=$L,upperdir=$d/u,workdir=$d/w" "$d/m" ;;
+    kernel) mount -t overlay overlay -o "$o" "$d/m"; return ;;
+    ovlfuse | ovlfuse-uring) "$OVL" -f -o "$o" "$d/m" 2> /dev/null & ;;
+    ovlfuse-t1 | ovlfuse-uring-t1) "$OVL" -f -o "$o,threads=1" "$d/m" 2> /dev/null & ;;
+    fuse-overlayfs) "$FOVL" -f -o "$o" "$d/m" 2> /dev/null & ;;
+    fuse-overlayfs-2.0) "$FOVL2" -f -o "$o" "$d/m" 2> /dev/null & ;;
   esac
+  DAEMON=$!
+  wait_mounted "$d/m"
 }
 umount_fs() {
-  local m=$1/m
-  umount "$m"
-  for _ in $(seq 100); do grep -q " $m " /proc/mounts || return 0; sleep 0.05; done
+  umount "$1/m"
+  wait_unmounted "$1/m"
+  if [ "$DAEMON" != 0 ]; then wait "$DAEMON" 2> /dev/null || true; DAEMON=0; fi
 }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
-# Each workload runs on a fresh mount; prints nanoseconds.
-run() { # kind workload
-  local k=$1 w=$2 d="$T/$1" t0 t1
-  mount_fs "$k" "$d"
-  case $w in
-    ls_lR_cold) drop; t0=$(now); ls -lR "$d/m/tree" > /dev/null; t1=$(now) ;;
-    stat_warm) ls -lR "$d/m/tree" > /dev/null; t0=$(now); find "$d/m/tree" -type f -printf '%s\n' > /dev/null; t1=$(now) ;;
-    mkdir) t0=$(now); (cd "$d/m" && mkdir n && cd n && seq "$DIRS" | xargs mkdir); t1=$(now) ;;
-    find_delete) (cd "$d/m" && mkdir n && cd n && seq "$DIRS" | xargs mkdir); t0=$(now); find "$d/m/n" -delete; t1=$(now) ;;
-    copy_up) drop; t0=$(now); echo x >> "$d/m/big"; t1=$(now) ;;
-    rm_lower) t0=$(now); rm "$d/m/big"; t1=$(now) ;;
-    seq_read) drop; t0=$(now); cat "$d/m/big" > /dev/null; t1=$(now) ;;
-    seq_write_fsync) t0=$(now); dd if=/dev/zero of="$d/m/out" bs=1M count="$MIB" conv=fsync status=none; t1=$(now) ;;
+# The operations each workload does, for requests per operation.
+declare -A OPS=([ls_lR_cold]=$FILES [stat_warm]=$FILES [mkdir]=$DIRS [find_delete]=$DIRS
+  [copy_up]=1 [rm_lower]=1 [seq_read]=$MIB [seq_write_fsync]=$MIB [parallel_mix]=$FILES)
+
+# The timed part of workload $2 on mount dir $1.
+workload() {
+  local m=$1/m
+  case $2 in
+    ls_lR_cold) ls -lR "$m/tree" > /dev/null ;;
+    stat_warm) find "$m/tree" -type f -printf '%s\n' > /dev/null ;;
+    mkdir) (cd "$m" && mkdir n && cd n && seq "$DIRS" | xargs mkdir) ;;
+    find_delete) find "$m/n" -delete ;;
+    copy_up) echo x >> "$m/big" ;;
+    rm_lower) rm "$m/big" ;;
+    seq_read) cat "$m/big" > /dev/null ;;
+    seq_write_fsync) dd if=/dev/zero of="$m/out" bs=1M count="$MIB" conv=fsync status=none ;;
     parallel_mix)
       # Four long-lived processes stat and read disjoint subtrees (tar).
-      drop; t0=$(now)
       for p in 0 1 2 3; do
-        (cd "$d/m/tree" && tar cf - $(for ((x = p; x < (FILES + 99) / 100; x += 4)); do echo "d$x"; done) | cat > /dev/null) &
+        (cd "$m/tree" && tar cf - $(for ((x = p; x < (FILES + 99) / 100; x += 4)); do echo "d$x"; done) | cat > /dev/null) &
       done
-      wait; t1=$(now) ;;
-    peak_rss_kb)
-      ls -lR "$d/m/tree" > /dev/null
-      local pid; pid=$(daemon_pid "$d/m")
-      t0=0; t1=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0) ;;
+      wait ;;
   esac
+}
+# What comes before the timed part.
+prepare() {
+  case $2 in
+    ls_lR_cold | copy_up | seq_read | parallel_mix) drop ;;
+    stat_warm) ls -lR "$1/m/tree" > /dev/null ;;
+    find_delete) (cd "$1/m" && mkdir n && cd n && seq "$DIRS" | xargs mkdir) ;;
+  esac
+}
+
+# Each workload runs on a fresh mount; prints nanoseconds.
+run() { # kind workload
+  local d="$T/$1" t0 t1
+  mount_fs "$1" "$d"
+  prepare "$d" "$2"
+  t0=$(now); workload "$d" "$2"; t1=$(now)
   umount_fs "$d"
   echo $((t1 - t0))
 }
 
-# The daemon serving a mount: the process whose cwd or cmdline names it.
-daemon_pid() {
-  local m=$1 p
-  for p in $(pgrep -f "$m" 2>/dev/null); do
-    [ "$(cat /proc/$p/comm 2>/dev/null)" = ovlfuse ] && { echo "$p"; return; }
-  done
-  echo 0
+# FUSE requests the timed part of a workload sends.
+count_requests() { # kind workload
+  local d="$T/$1" n
+  mount_fs "$1" "$d"
+  prepare "$d" "$2"
+  echo > "$TR/trace"
+  echo 1 > "$TR/events/fuse/fuse_request_send/enable"
+  workload "$d" "$2"
+  echo 0 > "$TR/events/fuse/fuse_request_send/enable"
+  n=$(grep -c fuse_request_send "$TR/trace" || true)
+  umount_fs "$d"
+  echo "$n"
+}
+
+peak_rss_kb() { # kind
+  local d="$T/$1" kb
+  mount_fs "$1" "$d"
+  ls -lR "$d/m/tree" > /dev/null
+  kb=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON/status")
+  umount_fs "$d"
+  echo "$kb"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 KINDS=(kernel ovlfuse)
+[ -n "$SAVED_URING" ] && KINDS+=(ovlfuse-uring)
 [ -n "$FOVL" ] && KINDS+=(fuse-overlayfs)
+[ -x "$FOVL2" ] && KINDS+=(fuse-overlayfs-2.0)
 WORKLOADS=(ls_lR_cold stat_warm mkdir find_delete copy_up rm_lower seq_read seq_write_fsync parallel_mix)
-declare -A R
+declare -A R M
 for w in "${WORKLOADS[@]}"; do
   for k in "${KINDS[@]}"; do R[$k,$w]=""; done
   for ((i = 0; i < REPEATS; i++)); do
     for k in "${KINDS[@]}"; do R[$k,$w]+="$(run "$k" "$w") "; done
   done
+  for k in "${KINDS[@]}"; do M[$k,$w]=$(tr ' ' '\n' <<< "${R[$k,$w]}" | grep . | median); done
 done
 
 echo "files=$FILES dirs=$DIRS big=${MIB}MiB repeats=$REPEATS cores=$(nproc) kernel=$(uname -r)"
+echo "fuse-overlayfs: $($FOVL --version 2>&1 | head -1)${FOVL2:+; $([ -x "$FOVL2" ] && "$FOVL2" --version 2>&1 | head -1)}"
 printf '%-16s' workload
-for k in "${KINDS[@]}"; do printf ' %14s' "$k ms"; done
-for k in "${KINDS[@]:1}"; do printf ' %16s' "$k/kernel"; done
+for k in "${KINDS[@]}"; do printf ' %19s' "$k ms"; done
 echo
 for w in "${WORKLOADS[@]}"; do
   printf '%-16s' "$w"
-  declare -A M
-  for k in "${KINDS[@]}"; do
-    M[$k]=$(tr ' ' '\n' <<< "${R[$k,$w]}" | grep . | median)
-    printf ' %14.1f' "$(bc -l <<< "${M[$k]} / 1000000")"
-  done
-  for k in "${KINDS[@]:1}"; do printf ' %16.2f' "$(bc -l <<< "${M[$k]} / ${M[kernel]}")"; done
+  for k in "${KINDS[@]}"; do printf ' %19.1f' "$(bc -l <<< "${M[$k,$w]} / 1000000")"; done
+  echo
+done
+echo
+echo "ratio to the kernel (lower is better)"
+printf '%-16s' workload
+for k in "${KINDS[@]:1}"; do printf ' %19s' "$k"; done
+echo
+for w in "${WORKLOADS[@]}"; do
+  printf '%-16s' "$w"
+  for k in "${KINDS[@]:1}"; do printf ' %19.2f' "$(bc -l <<< "${M[$k,$w]} / ${M[kernel,$w]}")"; done
   echo
 done
 
-# Threads: the parallel mix on ovlfuse with the default threads and with one.
-declare -a T1 TN
-for ((i = 0; i < REPEATS; i++)); do
-  TN+=("$(run ovlfuse parallel_mix)")
-  T1+=("$(run ovlfuse-t1 parallel_mix)")
+if [ -n "$SAVED_TRACE" ]; then
+  echo 65536 > "$TR/buffer_size_kb"
+  echo 1 > "$TR/tracing_on"
+  echo
+  echo "FUSE requests per operation, and microseconds per request above the kernel's time"
+  printf '%-16s' workload
+  for k in "${KINDS[@]:1}"; do printf ' %19s' "$k"; done
+  echo
+  for w in "${WORKLOADS[@]}"; do
+    printf '%-16s' "$w"
+    for k in "${KINDS[@]:1}"; do
+      n=$(count_requests "$k" "$w")
+      if [ "$n" -gt 0 ]; then
+        printf ' %8.2f %7.1fus' "$(bc -l <<< "$n / ${OPS[$w]}")" \
+          "$(bc -l <<< "(${M[$k,$w]} - ${M[kernel,$w]}) / $n / 1000")"
+      else
+        printf ' %19s' "-"
+      fi
+    done
+    echo
+  done
+fi
+
+# Threads: the parallel mix with the default threads and with one, on
+# each transport.
+echo
+for k in ovlfuse ovlfuse-uring; do
+  [[ " ${KINDS[*]} " == *" $k "* ]] || continue
+  TN=() T1=()
+  for ((i = 0; i < REPEATS; i++)); do
+    TN+=("$(run "$k" parallel_mix)")
+    T1+=("$(run "$k-t1" parallel_mix)")
+  done
+  mn=$(printf '%s\n' "${TN[@]}" | median); m1=$(printf '%s\n' "${T1[@]}" | median)
+  printf 'parallel mix, %s: threads=default %.1f ms, threads=1 %.1f ms, speed-up %.2fx\n' \
+    "$k" "$(bc -l <<< "$mn / 1000000")" "$(bc -l <<< "$m1 / 1000000")" "$(bc -l <<< "$m1 / $mn")"
 done
-mn=$(printf '%s\n' "${TN[@]}" | median); m1=$(printf '%s\n' "${T1[@]}" | median)
-printf 'parallel mix: threads=default %.1f ms, threads=1 %.1f ms, speed-up %.2fx\n' \
-  "$(bc -l <<< "$mn / 1000000")" "$(bc -l <<< "$m1 / 1000000")" "$(bc -l <<< "$m1 / $mn")"
-printf 'daemon peak RSS after ls -lR of %d files: %d kB\n' "$FILES" "$(run ovlfuse peak_rss_kb)"
+for k in "${KINDS[@]:1}"; do
+  printf 'daemon peak RSS after ls -lR of %d files: %-19s %d kB\n' "$FILES" "$k" "$(peak_rss_kb "$k")"
+done

@@ -269,9 +269,8 @@ impl OvlFs {
     /// The other names of a lower hard link that have nodes of their own
     /// reach the new index entry from now on, as a lookup would find it.
     fn share_index(&self, node: &Node, iname: &str, nlink: u32, meta: bool) {
-        for n in self.nodes.all() {
-            let same = n.ino != node.ino
-                && crate::node::is_split_id(n.ino)
+        for n in self.names_of_inode(node) {
+            let same = crate::node::is_split_id(n.ino)
                 && !n.has_upper()
                 && n.kind == node.kind
                 && n.st_ino() == node.st_ino();
@@ -318,8 +317,8 @@ impl OvlFs {
         // read the data from the upper inode from now on.
         let index = node.state.read().index.clone();
         if let Some(iname) = index {
-            for n in self.nodes.all() {
-                if n.ino != node.ino && n.state.read().index.as_deref() == Some(&*iname) {
+            for n in self.names_of_inode(node) {
+                if n.state.read().index.as_deref() == Some(&*iname) {
                     n.state.write().metacopy = false;
                     self.invalidate_attr(n.ino);
                 }

@@ -135,8 +135,8 @@ impl OvlFs {
         };
         node.state.write().nlink = Some(nlink);
         // Other names of the inode with nodes of their own see it too.
-        for n in self.nodes.all() {
-            if n.ino != node.ino && n.state.read().index.as_deref() == Some(&*name) {
+        for n in self.names_of_inode(node) {
+            if n.state.read().index.as_deref() == Some(&*name) {
                 n.state.write().nlink = Some(nlink);
                 self.invalidate_attr(n.ino);
             }

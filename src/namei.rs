@@ -416,6 +416,47 @@ impl OvlFs {
         self.split_ids.insert((np.ino, nn.to_os_string()), node.ino);
     }
 
+    /// Files `node` (split) under its st_ino, beside the other names of
+    /// its inode.
+    fn note_split(&self, node: &Node) {
+        let mut ids = self.split_siblings.entry(node.st_ino()).or_default();
+        if !ids.contains(&node.ino) {
+            ids.push(node.ino);
+        }
+    }
+
+    /// The split node `id` (whose st_ino was `st_ino`) is gone.
+    pub fn drop_split(&self, id: u64, st_ino: u64, names: &[(u64, std::ffi::OsString)]) {
+        self.split_siblings.remove_if_mut(&st_ino, |_, ids| {
+            ids.retain(|&i| i != id);
+            ids.is_empty()
+        });
+        if names.is_empty() {
+            // Unlinked: its name is not known any more.
+            self.split_ids.retain(|_, v| *v != id);
+        }
+        for k in names {
+            self.split_ids.remove_if(k, |_, v| *v == id);
+        }
+    }
+
+    /// The other nodes that are names of `node`'s inode: the one whose id
+    /// is the st_ino, and the split ones. (Not a walk of the node table:
+    /// copy-ups of hard links with the index need this.)
+    pub fn names_of_inode(&self, node: &Node) -> Vec<Arc<Node>> {
+        let key = node.st_ino();
+        let mut ids: Vec<u64> = self
+            .split_siblings
+            .get(&key)
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        ids.push(key);
+        ids.into_iter()
+            .filter(|&i| i != node.ino)
+            .filter_map(|i| self.nodes.get(i))
+            .collect()
+    }
+
     fn new_split(&self, parent: &Node, name: &OsStr) -> u64 {
         let id = self.new_split_id();
         self.split_ids.insert((parent.ino, name.to_os_string()), id);
@@ -450,6 +491,9 @@ impl OvlFs {
                 let found_upper = found.upper;
                 let node = self.nodes.intern(parent, name, found, count);
                 node.set_st_ino(st.st_ino);
+                if node::is_split_id(node.ino) {
+                    self.note_split(&node);
+                }
                 if node.has_upper() && !found_upper {
                     // Another name of a file already copied up: its data lives there.
                     return Ok((node.clone(), self.getattr(&node, None)?));

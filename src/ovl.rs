@@ -47,6 +47,8 @@ pub struct OvlFs {
     /// (parent node id, name) -> node id of a name of a lower hard link
     /// that is its own object (index=off): see namei's split_id.
     pub split_ids: DashMap<(u64, std::ffi::OsString), u64>,
+    /// st_ino -> the split node ids of that inode's names (namei.rs).
+    pub split_siblings: DashMap<u64, Vec<u64>>,
     next_split: AtomicU64,
     /// Removed pure upper objects the kernel has not forgotten yet, held
     /// open so that their inode numbers are not reused (dir::pin_removed).
@@ -172,6 +174,7 @@ impl OvlFs {
             copied: DashMap::new(),
             pinned: DashMap::new(),
             split_ids: DashMap::new(),
+            split_siblings: DashMap::new(),
             next_split: AtomicU64::new(u64::MAX - 1),
             aufs_whiteouts,
             xino_bits,
@@ -225,9 +228,22 @@ impl OvlFs {
     /// The kernel dropped `n` lookups of `ino`; at zero it holds no inode
     /// of that number any more.
     pub fn forget(&self, ino: u64, n: u64) {
+        let split = crate::node::is_split_id(ino)
+            .then(|| self.nodes.get(ino))
+            .flatten()
+            .map(|n| {
+                let names = n
+                    .state
+                    .read()
+                    .aliases
+                    .iter()
+                    .map(|(p, a)| (p.ino, a.clone()))
+                    .collect::<Vec<_>>();
+                (n.st_ino(), names)
+            });
         self.nodes.forget(ino, n);
-        if crate::node::is_split_id(ino) && self.nodes.get(ino).is_none() {
-            self.split_ids.retain(|_, v| *v != ino);
+        if let Some((st_ino, names)) = split.filter(|_| self.nodes.get(ino).is_none()) {
+            self.drop_split(ino, st_ino, &names);
         }
         if self.pinned.contains_key(&ino) && self.nodes.get(ino).is_none_or(|x| x.nlookup() == 0) {
             self.pinned.remove(&ino);
