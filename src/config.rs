@@ -419,7 +419,7 @@ impl Config {
             return err("metacopy=on needs redirect_dir=on or follow: drop one of the two options");
         }
         // `/dev/fd/N`: a connection mounted by a helper; no dir to check.
-        let mnt = match crate::mount::fd_mountpoint(mountpoint) {
+        let mnt = match fd_mountpoint(mountpoint) {
             Some(_) => mountpoint.to_path_buf(),
             None => canonical_dir(cwd, mountpoint, "mountpoint")?,
         };
@@ -479,6 +479,12 @@ impl Config {
         }
         Ok(mnt)
     }
+}
+
+/// `/dev/fd/N` as a mountpoint: libfuse's convention for a connection that a
+/// privileged helper mounted and passes as fd N.
+pub fn fd_mountpoint(p: &Path) -> Option<i32> {
+    p.to_str()?.strip_prefix("/dev/fd/")?.parse().ok()
 }
 
 fn canonical_dir(cwd: &Path, p: &Path, what: &str) -> Result<PathBuf, ConfigError> {

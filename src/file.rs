@@ -5,57 +5,15 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use parking_lot::RwLock;
+use std::sync::Arc;
 
 use crate::copy_up::CopyUp;
 use crate::dir::{Creds, NewObj};
 use crate::node::Node;
+pub use crate::open::OpenFile;
 use crate::sys::{self, Stat};
 use crate::{errno, OvlFs, Result};
-
-#[derive(Debug)]
-pub struct OpenFile {
-    pub node: Arc<Node>,
-    fd: RwLock<Arc<OwnedFd>>,
-    flags: i32,
-    on_upper: AtomicBool,
-    /// Opened for writing on a file with set-id bits (as far as known):
-    /// its modifications go through ovlfuse, which drops them (killpriv).
-    setid: AtomicBool,
-    /// For a writable open: the real file's mtime then, to tell at release
-    /// whether the kernel's cached times may be stale (Node::writers).
-    mtime_at_open: (i64, i64),
-}
-
-impl Drop for OpenFile {
-    fn drop(&mut self) {
-        self.node.opens.fetch_sub(1, Ordering::AcqRel);
-        if self.writable() {
-            self.node.writers.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl OpenFile {
-    pub fn fd(&self) -> Arc<OwnedFd> {
-        self.fd.read().clone()
-    }
-
-    pub fn writable(&self) -> bool {
-        self.flags & libc::O_ACCMODE != libc::O_RDONLY
-    }
-
-    pub fn may_be_setid(&self) -> bool {
-        self.setid.load(Ordering::Acquire)
-    }
-
-    pub fn clear_setid(&self) {
-        self.setid.store(false, Ordering::Release)
-    }
-}
 
 /// Flags passed to the real open. Creation is done by then, O_DIRECT is the
 /// page cache's business on the FUSE side, and kernel-internal bits (FUSE
@@ -117,22 +75,15 @@ impl OvlFs {
 
     fn add_file(&self, node: &Arc<Node>, fd: OwnedFd, flags: i32) -> u64 {
         let fh = self.next_fh();
-        node.opens.fetch_add(1, Ordering::AcqRel);
         let writable = real_flags(flags) & libc::O_ACCMODE != libc::O_RDONLY;
         let st = writable.then(|| sys::fstat(fd.as_fd()).ok()).flatten();
-        let f = OpenFile {
-            node: node.clone(),
-            fd: RwLock::new(Arc::new(fd)),
-            flags: real_flags(flags) & !libc::O_TRUNC,
-            on_upper: AtomicBool::new(data_in_upper(node)),
-            setid: AtomicBool::new(
-                st.is_some_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0),
-            ),
-            mtime_at_open: st.map_or((0, 0), |st| (st.st_mtime, st.st_mtime_nsec)),
-        };
-        if writable {
-            node.writers.fetch_add(1, Ordering::AcqRel);
-        }
+        let f = OpenFile::new(
+            node.clone(),
+            fd,
+            real_flags(flags) & !libc::O_TRUNC,
+            data_in_upper(node),
+            st.as_ref(),
+        );
         self.files.insert(fh, Arc::new(f));
         fh
     }
@@ -172,26 +123,23 @@ impl OvlFs {
         let open: Vec<Arc<OpenFile>> = self
             .files
             .iter()
-            .filter(|f| Arc::ptr_eq(&f.node, node) && !f.on_upper.load(Ordering::Acquire))
+            .filter(|f| Arc::ptr_eq(&f.node, node) && !f.on_upper())
             .map(|f| f.clone())
             .collect();
         for f in open {
-            if let Ok(fd) = upper.open_file(&path, f.flags, 0) {
-                *f.fd.write() = Arc::new(fd);
-                f.on_upper.store(true, Ordering::Release);
+            if let Ok(fd) = upper.open_file(&path, f.flags(), 0) {
+                f.switch_to_upper(fd);
             }
         }
     }
 
     /// The fd to use now: reopens on the upper copy once one exists.
     fn current_fd(&self, f: &OpenFile) -> Result<Arc<OwnedFd>> {
-        if !f.on_upper.load(Ordering::Acquire) && data_in_upper(&f.node) {
+        if !f.on_upper() && data_in_upper(&f.node) {
             // Only this reopen builds a path: fd I/O holds no rename lock.
             let _paths = self.rename_lock.paths();
             let path = self.path_of(&f.node)?;
-            let fd = self.upper()?.open_file(&path, f.flags, 0)?;
-            *f.fd.write() = Arc::new(fd);
-            f.on_upper.store(true, Ordering::Release);
+            f.switch_to_upper(self.upper()?.open_file(&path, f.flags(), 0)?);
         }
         Ok(f.fd())
     }
@@ -233,7 +181,7 @@ impl OvlFs {
         let stable = if self.read_only() {
             !f.node.state.read().metacopy
         } else {
-            f.on_upper.load(Ordering::Acquire)
+            f.on_upper()
         };
         stable.then(|| f.fd())
     }
@@ -244,7 +192,7 @@ impl OvlFs {
             // kernel noticing; a write(2) made it drop them already.
             let moved = f.writable()
                 && sys::fstat(f.fd().as_fd())
-                    .is_ok_and(|st| (st.st_mtime, st.st_mtime_nsec) != f.mtime_at_open);
+                    .is_ok_and(|st| (st.st_mtime, st.st_mtime_nsec) != f.mtime_at_open());
             let ino = f.node.ino;
             drop(f);
             if moved {

@@ -17,6 +17,7 @@ pub mod logger;
 pub mod mount;
 pub mod namei;
 pub mod node;
+pub mod open;
 pub mod ovl;
 pub mod passthrough;
 pub mod readdir;

@@ -111,7 +111,7 @@ fn main() {
         })
         .filter(|n| !n.is_empty() && !n.contains(','))
         .unwrap_or_else(|| "ovlfuse".into());
-    let fd_mount = mount::fd_mountpoint(&mountpoint);
+    let fd_mount = ovlfuse::config::fd_mountpoint(&mountpoint);
     let mut cfg = Config::default();
     for o in &cli.options {
         if let Err(e) = cfg.apply_options(o) {

@@ -47,12 +47,6 @@ pub struct FuseMount {
     helper: bool,
 }
 
-/// `/dev/fd/N` as a mountpoint: libfuse's convention for a connection that a
-/// privileged helper mounted and passes as fd N.
-pub fn fd_mountpoint(p: &Path) -> Option<i32> {
-    p.to_str()?.strip_prefix("/dev/fd/")?.parse().ok()
-}
-
 impl MountArgs {
     fn flags(&self) -> u64 {
         let mut f = 0;

@@ -12,11 +12,10 @@ use dashmap::DashMap;
 use log::info;
 
 use crate::config::{Atime, Config, Xino};
-use crate::file::OpenFile;
 use crate::format::XattrNames;
 use crate::layer::{self, common_dir, Layer, Reach};
 use crate::node::{LowerRef, Node, NodeState, NodeTable, ROOT_INO};
-use crate::readdir::DirHandle;
+use crate::open::{DirHandle, OpenFile};
 use crate::sys;
 use crate::{errno, Errno, Result};
 

@@ -10,22 +10,8 @@ use parking_lot::Mutex;
 use crate::format;
 use crate::layer::join;
 use crate::node::Node;
+pub use crate::open::{DirEntry, DirHandle};
 use crate::{OvlFs, Result};
-
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    pub name: OsString,
-    pub ino: u64,
-    pub dtype: u8,
-}
-
-/// An open directory: the listing is a snapshot taken when reading starts
-/// at offset 0, so offsets stay stable while the handle is open.
-#[derive(Debug)]
-pub struct DirHandle {
-    pub node: Arc<Node>,
-    pub entries: Mutex<Arc<Vec<DirEntry>>>,
-}
 
 impl OvlFs {
     /// Every visible entry of a merged dir, without "." and "..".

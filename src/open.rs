@@ -1,0 +1,113 @@
+//! What each open FUSE handle holds: a file's real fd (which moves to the
+//! upper copy after a copy-up) and a dir's listing snapshot. State only;
+//! the operations are in file.rs and readdir.rs, and the tables in OvlFs.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::node::Node;
+use crate::sys::Stat;
+
+#[derive(Debug)]
+pub struct OpenFile {
+    pub node: Arc<Node>,
+    fd: RwLock<Arc<OwnedFd>>,
+    flags: i32,
+    on_upper: AtomicBool,
+    /// Opened for writing on a file with set-id bits (as far as known):
+    /// its modifications go through ovlfuse, which drops them (killpriv).
+    setid: AtomicBool,
+    /// For a writable open: the real file's mtime then, to tell at release
+    /// whether the kernel's cached times may be stale (Node::writers).
+    mtime_at_open: (i64, i64),
+}
+
+impl OpenFile {
+    /// An open of `node` on `fd` (real open flags `flags`); `st`: the real
+    /// file's stat, for a writable open. Counts itself in the node.
+    pub fn new(
+        node: Arc<Node>,
+        fd: OwnedFd,
+        flags: i32,
+        on_upper: bool,
+        st: Option<&Stat>,
+    ) -> OpenFile {
+        node.opens.fetch_add(1, Ordering::AcqRel);
+        let f = OpenFile {
+            node,
+            fd: RwLock::new(Arc::new(fd)),
+            flags,
+            on_upper: AtomicBool::new(on_upper),
+            setid: AtomicBool::new(
+                st.is_some_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0),
+            ),
+            mtime_at_open: st.map_or((0, 0), |st| (st.st_mtime, st.st_mtime_nsec)),
+        };
+        if f.writable() {
+            f.node.writers.fetch_add(1, Ordering::AcqRel);
+        }
+        f
+    }
+
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.read().clone()
+    }
+
+    pub fn flags(&self) -> i32 {
+        self.flags
+    }
+
+    pub fn on_upper(&self) -> bool {
+        self.on_upper.load(Ordering::Acquire)
+    }
+
+    /// From now on I/O goes to `fd`, the upper copy.
+    pub fn switch_to_upper(&self, fd: OwnedFd) {
+        *self.fd.write() = Arc::new(fd);
+        self.on_upper.store(true, Ordering::Release);
+    }
+
+    pub fn writable(&self) -> bool {
+        self.flags & libc::O_ACCMODE != libc::O_RDONLY
+    }
+
+    pub fn mtime_at_open(&self) -> (i64, i64) {
+        self.mtime_at_open
+    }
+
+    pub fn may_be_setid(&self) -> bool {
+        self.setid.load(Ordering::Acquire)
+    }
+
+    pub fn clear_setid(&self) {
+        self.setid.store(false, Ordering::Release)
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        self.node.opens.fetch_sub(1, Ordering::AcqRel);
+        if self.writable() {
+            self.node.writers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub dtype: u8,
+}
+
+/// An open directory: the listing is a snapshot taken when reading starts
+/// at offset 0, so offsets stay stable while the handle is open.
+#[derive(Debug)]
+pub struct DirHandle {
+    pub node: Arc<Node>,
+    pub entries: Mutex<Arc<Vec<DirEntry>>>,
+}
