@@ -13,6 +13,91 @@ use crate::redirect::Walk;
 use crate::sys::Stat;
 use crate::{errno, OvlFs, Result};
 
+/// Where to look in a lower: (layer, dir in that layer, name).
+type Cand = (u16, Vec<u8>, Vec<u8>);
+
+/// The state of one lookup on its way down the layers (the kernel's
+/// ovl_lookup_data).
+struct LookupData {
+    /// The name's path in the merged view.
+    path: Vec<u8>,
+    /// The topmost object found, and its layer index (0: upper).
+    top: Option<(Stat, usize)>,
+    top_lower_path: Vec<u8>,
+    upper: bool,
+    redirect: Option<Arc<[u8]>>,
+    origin: Option<Vec<u8>>,
+    /// The upper object has an nlink xattr (and there is an index).
+    indexed: bool,
+    metacopy: bool,
+    /// The blocks of a metacopy file's data (the bottom of its stack).
+    data_blocks: Option<libc::blkcnt_t>,
+    lowers: Vec<LowerRef>,
+    /// Whether to go on below the object found so far.
+    descend: bool,
+    /// The lookups still to do, one per lower layer.
+    cands: Vec<Cand>,
+    /// Walking each layer's path after an absolute redirect.
+    walking: bool,
+    /// A dir on the walked path was opaque.
+    stop: bool,
+    index: Option<Arc<str>>,
+    nlink: Option<u32>,
+}
+
+impl LookupData {
+    fn new(ppath: &[u8], name: &OsStr, plowers: &[LowerRef]) -> LookupData {
+        let cands = plowers
+            .iter()
+            .map(|l| {
+                let dir = l
+                    .path
+                    .as_ref()
+                    .map(|p| p.to_vec())
+                    .unwrap_or_else(|| ppath.to_vec());
+                (l.layer, dir, name.as_bytes().to_vec())
+            })
+            .collect();
+        LookupData {
+            path: join(ppath, name),
+            top: None,
+            top_lower_path: Vec::new(),
+            upper: false,
+            redirect: None,
+            origin: None,
+            indexed: false,
+            metacopy: false,
+            data_blocks: None,
+            lowers: Vec::new(),
+            descend: true,
+            cands,
+            walking: false,
+            stop: false,
+            index: None,
+            nlink: None,
+        }
+    }
+}
+
+/// How the upper step ends.
+enum UpperStep {
+    /// A whiteout (or `.wh.` marker) there.
+    Whiteout,
+    /// The name is a marker's, never an entry.
+    Hidden,
+    /// The node table knows the object already.
+    Known((Found, Stat)),
+    /// Go on to the lowers.
+    Go,
+}
+
+/// What a lower step says of the steps after it.
+#[derive(PartialEq, Eq)]
+enum Step {
+    Next,
+    Done,
+}
+
 impl OvlFs {
     /// Resolves `name` in `parent`. None: no such entry in the merged view.
     pub fn lookup_found(&self, parent: &Node, name: &OsStr) -> Result<Option<(Found, Stat)>> {
@@ -31,296 +116,341 @@ impl OvlFs {
         }
         OvlFs::check_name(name)?;
         let ppath = self.path_of(parent)?;
-        let path = join(&ppath, name);
-        let plowers = parent.state.read().lowers.clone();
-
-        let mut top: Option<(Stat, usize)> = None;
-        let mut top_lower_path: Vec<u8> = Vec::new();
-        let mut upper = false;
-        let mut redirect = None;
-        let mut origin: Option<Vec<u8>> = None;
-        let mut indexed = false;
-        let mut metacopy = false;
-        let mut data_blocks = None;
-        let mut lowers = Vec::new();
-        let mut descend = true;
-        // Where to look in each lower: (layer, dir in that layer, name).
-        let mut cands: Vec<(u16, Vec<u8>, Vec<u8>)> = plowers
-            .iter()
-            .map(|l| {
-                let dir = l
-                    .path
-                    .as_ref()
-                    .map(|p| p.to_vec())
-                    .unwrap_or_else(|| ppath.clone());
-                (l.layer, dir, name.as_bytes().to_vec())
-            })
-            .collect();
+        let mut d = LookupData::new(&ppath, name, &parent.state.read().lowers);
         if parent.has_upper() {
-            let u = self.upper()?;
-            // The upper's `.wh.` files are markers, never entries; one
-            // hides the lower names (an upper entry of the name wins).
-            if format::is_aufs_name(name) {
-                return Ok(None);
-            }
-            let ust = u.try_stat(&path)?;
-            if ust.is_none() && (self.aufs_whiteouts || self.upper_markers(parent, &ppath)?) {
-                let wh = join(&ppath, &format::aufs_whiteout_name(name));
-                if u.try_stat(&wh)?.is_some() {
+            match self.lookup_upper(&mut d, parent, &ppath, name)? {
+                UpperStep::Whiteout => {
                     *upper_whiteout = true;
                     return Ok(None);
                 }
-            }
-            if let Some(st) = ust {
-                if format::is_whiteout(&st) {
-                    *upper_whiteout = true;
-                    return Ok(None);
-                }
-                if let Some(found) = self.known_upper(parent, name, &st) {
-                    return Ok(Some(found));
-                }
-                upper = true;
-                top = Some((st, 0));
-                if is_dir(&st) {
-                    let m = self.dir_marks(u, &path)?;
-                    descend = !m.opaque;
-                    origin = m.origin;
-                    if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
-                        self.apply_redirect(&mut cands, 0, None, &r, false);
-                        redirect = Some(Arc::from(r.as_slice()));
-                    }
-                } else {
-                    descend = false;
-                    let names = u.listxattr(&path).unwrap_or_default();
-                    let has =
-                        |c: &std::ffi::CStr| names.iter().any(|n| n.as_bytes() == c.to_bytes());
-                    if has(&self.xn.origin) {
-                        origin = u.try_getxattr(&path, &self.xn.origin)?;
-                    }
-                    indexed = self.index.is_some() && has(&self.xn.nlink);
-                    // A metacopy file: its data is further down, by name or
-                    // by its redirect (which may reach data-only layers).
-                    metacopy = st.st_mode & libc::S_IFMT == libc::S_IFREG && has(&self.xn.metacopy);
-                    if metacopy {
-                        descend = true;
-                        if has(&self.xn.redirect) {
-                            if let Some(r) = u.try_getxattr(&path, &self.xn.redirect)? {
-                                if !format::redirect_valid(&r) {
-                                    log::warn!(
-                                        "{}: bad redirect xattr",
-                                        String::from_utf8_lossy(&path)
-                                    );
-                                    return errno(libc::EIO);
-                                }
-                                self.apply_redirect(&mut cands, 0, None, &r, true);
-                                redirect = Some(Arc::from(r.as_slice()));
-                            }
-                        }
-                    }
-                }
+                UpperStep::Hidden => return Ok(None),
+                UpperStep::Known(found) => return Ok(Some(found)),
+                UpperStep::Go => {}
             }
         }
-        // After an absolute redirect, each layer's path is walked one dir at
-        // a time (the kernel's ovl_lookup_layer), following redirects on the
-        // way; `stop`: a dir on that way was opaque.
-        let mut walking = redirect
-            .as_ref()
-            .is_some_and(|r: &Arc<[u8]>| r.starts_with(b"/"));
-        let mut stop = false;
-        let mut i = 0;
-        while descend && !stop && i < cands.len() {
-            let (li, ldir, lname) = cands[i].clone();
-            i += 1;
-            let layer = &self.lowers[li as usize];
-            if walking && !layer.data_only {
-                match self.walk_redirected(layer, &ldir)? {
-                    Walk::Missing => continue,
-                    Walk::Stop => break,
-                    Walk::Found { rename, opaque } => {
-                        if let Some(d) = rename {
-                            cands[i..].iter_mut().for_each(|c| c.1 = d.clone());
-                        }
-                        stop = opaque;
-                    }
-                }
-            }
-            let lname = OsStr::from_bytes(&lname);
-            let lpath = join(&ldir, lname);
-            let Some(st) = layer.try_stat(&lpath)? else {
-                // An AUFS whiteout hides the name in this layer and below.
-                if !format::is_aufs_name(lname)
-                    && layer
-                        .try_stat(&join(&ldir, &format::aufs_whiteout_name(lname)))?
-                        .is_some()
-                {
-                    break;
-                }
-                continue;
-            };
-            if format::is_whiteout(&st) || self.is_xwhiteout(layer, &lpath, &st)? {
-                break;
-            }
-            let lref = LowerRef {
-                layer: li,
-                path: (lpath != path).then(|| Arc::from(lpath.as_slice())),
-            };
-            let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-            match &top {
-                None => {
-                    top = Some((st, layer.idx));
-                    top_lower_path = lpath.clone();
-                    lowers.push(lref);
-                    if is_reg && self.lower_metacopy(layer, &lpath, &mut cands, i)? {
-                        metacopy = true;
-                        continue;
-                    }
-                    if !is_dir(&st) {
-                        break;
-                    }
-                }
-                Some(_) if metacopy => {
-                    if is_reg {
-                        lowers.push(lref);
-                        // A metacopy file further down: its data is lower still.
-                        if self.lower_metacopy(layer, &lpath, &mut cands, i)? {
-                            continue;
-                        }
-                        data_blocks = Some(st.st_blocks);
-                    }
-                    break;
-                }
-                // Only dirs merge; a non-dir below a dir ends the stack.
-                Some(_) if !is_dir(&st) => break,
-                Some(_) => lowers.push(lref),
-            }
-            let m = self.dir_marks(layer, &lpath)?;
-            if m.opaque {
-                break;
-            }
-            // A lower layer that once was an upper may carry redirects too.
-            if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
-                if r.starts_with(b"/") {
-                    // As the kernel: an absolute redirect below an opaque
-                    // dir on the way lifts that stop.
-                    walking = true;
-                    stop = false;
-                }
-                self.apply_redirect(&mut cands, i, Some(li), &r, false);
-            }
-        }
-        let Some((mut st, idx)) = top else {
+        self.lookup_lowers(&mut d)?;
+        let Some((st, idx)) = d.top.take() else {
             return Ok(None);
         };
         // Lower names that spell AUFS markers never show.
-        if !upper && format::is_aufs_name(name) {
+        if !d.upper && format::is_aufs_name(name) {
             return Ok(None);
         }
+        self.lookup_finish(d, parent, name, st, idx).map(Some)
+    }
+
+    /// The upper step: a whiteout or marker there ends the lookup; an
+    /// upper dir says whether to go on below (opaque) and where (redirect);
+    /// an upper non-dir only goes on below as a metacopy file.
+    fn lookup_upper(
+        &self,
+        d: &mut LookupData,
+        parent: &Node,
+        ppath: &[u8],
+        name: &OsStr,
+    ) -> Result<UpperStep> {
+        let u = self.upper()?;
+        // The upper's `.wh.` files are markers, never entries; one hides
+        // the lower names (an upper entry of the name wins).
+        if format::is_aufs_name(name) {
+            return Ok(UpperStep::Hidden);
+        }
+        let ust = u.try_stat(&d.path)?;
+        if ust.is_none() && (self.aufs_whiteouts || self.upper_markers(parent, ppath)?) {
+            let wh = join(ppath, &format::aufs_whiteout_name(name));
+            if u.try_stat(&wh)?.is_some() {
+                return Ok(UpperStep::Whiteout);
+            }
+        }
+        let Some(st) = ust else {
+            return Ok(UpperStep::Go);
+        };
+        if format::is_whiteout(&st) {
+            return Ok(UpperStep::Whiteout);
+        }
+        if let Some(found) = self.known_upper(parent, name, &st) {
+            return Ok(UpperStep::Known(found));
+        }
+        d.upper = true;
+        d.top = Some((st, 0));
+        if is_dir(&st) {
+            let m = self.dir_marks(u, &d.path)?;
+            d.descend = !m.opaque;
+            d.origin = m.origin;
+            if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
+                self.apply_redirect(&mut d.cands, 0, None, &r, false);
+                d.redirect = Some(Arc::from(r.as_slice()));
+            }
+        } else {
+            self.upper_nondir_marks(d, &st)?;
+        }
+        Ok(UpperStep::Go)
+    }
+
+    /// An upper non-dir's markers: its origin, whether it is indexed, and
+    /// whether it is a metacopy file, whose data is further down, by name
+    /// or by its redirect (which may reach data-only layers).
+    fn upper_nondir_marks(&self, d: &mut LookupData, st: &Stat) -> Result<()> {
+        let u = self.upper()?;
+        d.descend = false;
+        let names = u.listxattr(&d.path).unwrap_or_default();
+        let has = |c: &std::ffi::CStr| names.iter().any(|n| n.as_bytes() == c.to_bytes());
+        if has(&self.xn.origin) {
+            d.origin = u.try_getxattr(&d.path, &self.xn.origin)?;
+        }
+        d.indexed = self.index.is_some() && has(&self.xn.nlink);
+        d.metacopy = st.st_mode & libc::S_IFMT == libc::S_IFREG && has(&self.xn.metacopy);
+        if !d.metacopy {
+            return Ok(());
+        }
+        d.descend = true;
+        if !has(&self.xn.redirect) {
+            return Ok(());
+        }
+        if let Some(r) = u.try_getxattr(&d.path, &self.xn.redirect)? {
+            if !format::redirect_valid(&r) {
+                log::warn!("{}: bad redirect xattr", String::from_utf8_lossy(&d.path));
+                return errno(libc::EIO);
+            }
+            self.apply_redirect(&mut d.cands, 0, None, &r, true);
+            d.redirect = Some(Arc::from(r.as_slice()));
+        }
+        Ok(())
+    }
+
+    /// The lower steps, top layer first, while the stack goes on.
+    fn lookup_lowers(&self, d: &mut LookupData) -> Result<()> {
+        // After an absolute redirect, each layer's path is walked one dir
+        // at a time (the kernel's ovl_lookup_layer), following redirects on
+        // the way; `stop`: a dir on that way was opaque.
+        d.walking = d.redirect.as_ref().is_some_and(|r| r.starts_with(b"/"));
+        let mut i = 0;
+        while d.descend && !d.stop && i < d.cands.len() {
+            let cand = d.cands[i].clone();
+            i += 1;
+            if self.lookup_layer(d, cand, i)? == Step::Done {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One lower layer's step (the kernel's ovl_lookup_layer): the name in
+    /// the dir `ldir` of layer `li`; `next`: the index of the next step.
+    fn lookup_layer(
+        &self,
+        d: &mut LookupData,
+        (li, ldir, lname): Cand,
+        next: usize,
+    ) -> Result<Step> {
+        let layer = &self.lowers[li as usize];
+        if d.walking && !layer.data_only {
+            match self.walk_redirected(layer, &ldir)? {
+                Walk::Missing => return Ok(Step::Next),
+                Walk::Stop => return Ok(Step::Done),
+                Walk::Found { rename, opaque } => {
+                    if let Some(dir) = rename {
+                        d.cands[next..].iter_mut().for_each(|c| c.1 = dir.clone());
+                    }
+                    d.stop = opaque;
+                }
+            }
+        }
+        let lname = OsStr::from_bytes(&lname);
+        let lpath = join(&ldir, lname);
+        let Some(st) = layer.try_stat(&lpath)? else {
+            // An AUFS whiteout hides the name in this layer and below.
+            let aufs = join(&ldir, &format::aufs_whiteout_name(lname));
+            if !format::is_aufs_name(lname) && layer.try_stat(&aufs)?.is_some() {
+                return Ok(Step::Done);
+            }
+            return Ok(Step::Next);
+        };
+        if format::is_whiteout(&st) || self.is_xwhiteout(layer, &lpath, &st)? {
+            return Ok(Step::Done);
+        }
+        let lref = LowerRef {
+            layer: li,
+            path: (lpath != d.path).then(|| Arc::from(lpath.as_slice())),
+        };
+        let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        match &d.top {
+            None => {
+                d.top = Some((st, layer.idx));
+                d.top_lower_path = lpath.clone();
+                d.lowers.push(lref);
+                if is_reg && self.lower_metacopy(layer, &lpath, &mut d.cands, next)? {
+                    d.metacopy = true;
+                    return Ok(Step::Next);
+                }
+                if !is_dir(&st) {
+                    return Ok(Step::Done);
+                }
+            }
+            Some(_) if d.metacopy => {
+                if is_reg {
+                    d.lowers.push(lref);
+                    // A metacopy file further down: its data is lower still.
+                    if self.lower_metacopy(layer, &lpath, &mut d.cands, next)? {
+                        return Ok(Step::Next);
+                    }
+                    d.data_blocks = Some(st.st_blocks);
+                }
+                return Ok(Step::Done);
+            }
+            // Only dirs merge; a non-dir below a dir ends the stack.
+            Some(_) if !is_dir(&st) => return Ok(Step::Done),
+            Some(_) => d.lowers.push(lref),
+        }
+        let m = self.dir_marks(layer, &lpath)?;
+        if m.opaque {
+            return Ok(Step::Done);
+        }
+        // A lower layer that once was an upper may carry redirects too.
+        if let Some(r) = m.redirect.filter(|_| self.follow_redirects()) {
+            if r.starts_with(b"/") {
+                // As the kernel: an absolute redirect below an opaque dir
+                // on the way lifts that stop.
+                d.walking = true;
+                d.stop = false;
+            }
+            self.apply_redirect(&mut d.cands, next, Some(li), &r, false);
+        }
+        Ok(Step::Next)
+    }
+
+    /// What the layers found, as a Found and the stat the merged view
+    /// reports: data from the bottom of a metacopy stack, the index, and
+    /// the inode number.
+    fn lookup_finish(
+        &self,
+        mut d: LookupData,
+        parent: &Node,
+        name: &OsStr,
+        mut st: Stat,
+        idx: usize,
+    ) -> Result<(Found, Stat)> {
         // A non-dir may have several names: "same path as my name" would be
         // ambiguous, so its lower paths are always spelt out.
         if !is_dir(&st) {
-            for l in lowers.iter_mut().filter(|l| l.path.is_none()) {
-                l.path = Some(Arc::from(path.as_slice()));
+            for l in d.lowers.iter_mut().filter(|l| l.path.is_none()) {
+                l.path = Some(Arc::from(d.path.as_slice()));
             }
         }
-        if metacopy && data_blocks.is_none() {
+        if d.metacopy && d.data_blocks.is_none() {
             log::warn!(
                 "{}: metacopy file without lower data",
-                String::from_utf8_lossy(&path)
+                String::from_utf8_lossy(&d.path)
             );
             return errno(libc::EIO);
         }
-        if let Some(b) = data_blocks {
+        if let Some(b) = d.data_blocks {
             st.st_blocks = b;
         }
-        let mut index = None;
-        let mut nlink = None;
-        let fh = match (&origin, upper) {
-            (Some(v), true) if indexed || !self.copied.contains_key(&st.st_ino) => {
-                self.decode_origin(v, &path)
+        let (ino, shown) = if d.upper {
+            self.lookup_upper_ino(&mut d, parent, name, &st)?
+        } else {
+            self.lookup_lower_ino(&mut d, parent, name, &mut st, idx)?
+        };
+        st.st_ino = if node::is_split_id(ino) { shown } else { ino };
+        if let Some(n) = d.nlink {
+            st.st_nlink = n as _;
+        }
+        let found = Found {
+            ino,
+            kind: st.st_mode & libc::S_IFMT,
+            upper: d.upper,
+            lowers: d.lowers,
+            redirect: d.redirect,
+            index: d.index,
+            nlink: d.nlink,
+            metacopy: d.metacopy,
+        };
+        Ok((found, st))
+    }
+
+    /// The node id (and, for a split node, the st_ino it shows) of an
+    /// object found in the upper.
+    fn lookup_upper_ino(
+        &self,
+        d: &mut LookupData,
+        parent: &Node,
+        name: &OsStr,
+        st: &Stat,
+    ) -> Result<(u64, u64)> {
+        let fh = match &d.origin {
+            Some(v) if d.indexed || !self.copied.contains_key(&st.st_ino) => {
+                self.decode_origin(v, &d.path)
             }
             _ => None,
         };
-        // The st_ino of a split node (see below); else the node id is.
-        let mut shown = 0;
-        let ino = if upper {
-            // Indexed only if W/index holds this very inode under the name of
-            // its origin; otherwise an nlink xattr is stray and ignored.
-            let iname = fh.as_ref().filter(|_| indexed).map(|f| f.index_name());
-            if let (Some(name), Some(ix)) = (iname, self.index_layer()) {
-                if ix
-                    .try_stat(name.as_bytes())?
-                    .is_some_and(|i| i.st_ino == st.st_ino)
-                {
-                    index = Some(Arc::from(name.as_str()));
-                    nlink = Some(self.indexed_nlink(self.upper()?, &path, &st, st.st_nlink));
-                }
+        // Indexed only if W/index holds this very inode under the name of
+        // its origin; otherwise an nlink xattr is stray and ignored.
+        let iname = fh.as_ref().filter(|_| d.indexed).map(|f| f.index_name());
+        if let (Some(iname), Some(ix)) = (iname, self.index_layer()) {
+            if ix
+                .try_stat(iname.as_bytes())?
+                .is_some_and(|i| i.st_ino == st.st_ino)
+            {
+                d.index = Some(Arc::from(iname.as_str()));
+                d.nlink = Some(self.indexed_nlink(self.upper()?, &d.path, st, st.st_nlink));
             }
-            // A name of a lower hard link copied up through its own node.
-            let kind = st.st_mode & libc::S_IFMT;
-            let split = (!is_dir(&st))
-                .then(|| self.live_split(parent, name, kind))
-                .flatten();
-            match split.and_then(|s| self.nodes.get(s)) {
-                Some(n) => {
-                    shown = n.st_ino();
-                    n.ino
-                }
-                None => self.upper_ino(&st, fh.as_ref(), index.is_some()),
-            }
-        } else {
-            let mut ino = self.map_ino(idx, &st);
-            shown = ino;
-            if !is_dir(&st) && st.st_nlink > 1 && !self.read_only() {
-                // Each name of a lower hard link gets a node of its own, so
-                // that an open or setattr tells which name it went through:
-                // that name is the one copied up (index=off: on its own; with
-                // the index: linked to the index entry), as in the kernel.
-                // It reports the lower's number.
-                let kind = st.st_mode & libc::S_IFMT;
-                ino = self
-                    .live_split(parent, name, kind)
-                    .unwrap_or_else(|| self.new_split(parent, name));
-            }
-            // Another name of a lower hard link whose inode was copied up
-            // through the index: the data and link count live there.
-            let layer = &self.lowers[lowers[0].layer as usize];
-            if let Some((name, ist)) = self.lookup_index(layer, &top_lower_path, &st)? {
-                let ix = self.index_layer().expect("index");
-                nlink = Some(self.indexed_nlink(ix, name.as_bytes(), &ist, st.st_nlink));
-                // A metadata-only copy-up in the index (metacopy=on): the
-                // data is still below. Otherwise the index has the data,
-                // even when the lower name is itself a metacopy.
-                metacopy = ix
-                    .try_getxattr(name.as_bytes(), &self.xn.metacopy)?
-                    .is_some();
-                index = Some(Arc::from(name.as_str()));
-                upper = true;
-                let blocks = st.st_blocks;
-                st = ist;
-                if metacopy {
-                    st.st_blocks = blocks;
-                }
-            }
-            ino
-        };
-        st.st_ino = if node::is_split_id(ino) { shown } else { ino };
-        if let Some(n) = nlink {
-            st.st_nlink = n as _;
         }
+        // A name of a lower hard link copied up through its own node.
         let kind = st.st_mode & libc::S_IFMT;
-        Ok(Some((
-            Found {
-                ino,
-                kind,
-                upper,
-                lowers,
-                redirect,
-                index,
-                nlink,
-                metacopy,
-            },
-            st,
-        )))
+        let split = (!is_dir(st))
+            .then(|| self.live_split(parent, name, kind))
+            .flatten();
+        Ok(match split.and_then(|s| self.nodes.get(s)) {
+            Some(n) => (n.ino, n.st_ino()),
+            None => (self.upper_ino(st, fh.as_ref(), d.index.is_some()), 0),
+        })
+    }
+
+    /// The node id and shown st_ino of an object found in a lower layer;
+    /// another name of its inode may have brought it into the index.
+    fn lookup_lower_ino(
+        &self,
+        d: &mut LookupData,
+        parent: &Node,
+        name: &OsStr,
+        st: &mut Stat,
+        idx: usize,
+    ) -> Result<(u64, u64)> {
+        let shown = self.map_ino(idx, st);
+        let mut ino = shown;
+        if !is_dir(st) && st.st_nlink > 1 && !self.read_only() {
+            // Each name of a lower hard link gets a node of its own, so
+            // that an open or setattr tells which name it went through:
+            // that name is the one copied up (index=off: on its own; with
+            // the index: linked to the index entry), as in the kernel. It
+            // reports the lower's number.
+            let kind = st.st_mode & libc::S_IFMT;
+            ino = self
+                .live_split(parent, name, kind)
+                .unwrap_or_else(|| self.new_split(parent, name));
+        }
+        // Another name of a lower hard link whose inode was copied up
+        // through the index: the data and link count live there.
+        let layer = &self.lowers[d.lowers[0].layer as usize];
+        if let Some((iname, ist)) = self.lookup_index(layer, &d.top_lower_path, st)? {
+            let ix = self.index_layer().expect("index");
+            d.nlink = Some(self.indexed_nlink(ix, iname.as_bytes(), &ist, st.st_nlink));
+            // A metadata-only copy-up in the index (metacopy=on): the data
+            // is still below. Otherwise the index has the data, even when
+            // the lower name is itself a metacopy.
+            d.metacopy = ix
+                .try_getxattr(iname.as_bytes(), &self.xn.metacopy)?
+                .is_some();
+            d.index = Some(Arc::from(iname.as_str()));
+            d.upper = true;
+            let blocks = st.st_blocks;
+            *st = ist;
+            if d.metacopy {
+                st.st_blocks = blocks;
+            }
+        }
+        Ok((ino, shown))
     }
 
     /// An upper object this name already leads to in the node table: what
