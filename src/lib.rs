@@ -24,6 +24,7 @@ pub mod readdir;
 pub mod redirect;
 pub mod rename;
 pub mod rename_lock;
+pub mod split;
 pub mod sys;
 pub mod whiteout;
 pub mod wire;

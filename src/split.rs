@@ -1,0 +1,83 @@
+//! Names of a lower hard link, each with a node of its own ("split"
+//! nodes): an open or setattr through one name must copy up that name, as
+//! the kernel does, and FUSE names no name with those. Their ids are kept
+//! by (parent, name), and by st_ino the names of one inode.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use crate::node::{self, Node};
+use crate::OvlFs;
+
+impl OvlFs {
+    /// The live split node (a name of a lower hard link with a node of its
+    /// own) known under (parent, name).
+    pub(crate) fn live_split(&self, parent: &Node, name: &OsStr, kind: u32) -> Option<u64> {
+        let id = *self.split_ids.get(&(parent.ino, name.to_os_string()))?;
+        let n = self.nodes.get(id)?;
+        let s = n.state.read();
+        let live = n.kind == kind
+            && !s.dead
+            && s.aliases
+                .iter()
+                .any(|(p, a)| p.ino == parent.ino && a == name);
+        live.then_some(id)
+    }
+
+    /// A split node moved (rename): its name key moves with it.
+    pub fn move_split(&self, node: &Node, parent: &Node, name: &OsStr, np: &Node, nn: &OsStr) {
+        if !node::is_split_id(node.ino) {
+            return;
+        }
+        self.split_ids
+            .remove_if(&(parent.ino, name.to_os_string()), |_, v| *v == node.ino);
+        self.split_ids.insert((np.ino, nn.to_os_string()), node.ino);
+    }
+
+    /// Files `node` (split) under its st_ino, beside the other names of
+    /// its inode.
+    pub(crate) fn note_split(&self, node: &Node) {
+        let mut ids = self.split_siblings.entry(node.st_ino()).or_default();
+        if !ids.contains(&node.ino) {
+            ids.push(node.ino);
+        }
+    }
+
+    /// The split node `id` (whose st_ino was `st_ino`) is gone.
+    pub fn drop_split(&self, id: u64, st_ino: u64, names: &[(u64, std::ffi::OsString)]) {
+        self.split_siblings.remove_if_mut(&st_ino, |_, ids| {
+            ids.retain(|&i| i != id);
+            ids.is_empty()
+        });
+        if names.is_empty() {
+            // Unlinked: its name is not known any more.
+            self.split_ids.retain(|_, v| *v != id);
+        }
+        for k in names {
+            self.split_ids.remove_if(k, |_, v| *v == id);
+        }
+    }
+
+    /// The other nodes that are names of `node`'s inode: the one whose id
+    /// is the st_ino, and the split ones. (Not a walk of the node table:
+    /// copy-ups of hard links with the index need this.)
+    pub fn names_of_inode(&self, node: &Node) -> Vec<Arc<Node>> {
+        let key = node.st_ino();
+        let mut ids: Vec<u64> = self
+            .split_siblings
+            .get(&key)
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        ids.push(key);
+        ids.into_iter()
+            .filter(|&i| i != node.ino)
+            .filter_map(|i| self.nodes.get(i))
+            .collect()
+    }
+
+    pub(crate) fn new_split(&self, parent: &Node, name: &OsStr) -> u64 {
+        let id = self.new_split_id();
+        self.split_ids.insert((parent.ino, name.to_os_string()), id);
+        id
+    }
+}
