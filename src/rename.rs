@@ -30,6 +30,64 @@ fn is_under(n: &Arc<Node>, top: &Arc<Node>) -> bool {
     false
 }
 
+/// The two names of a rename.
+#[derive(Clone, Copy)]
+struct RenameNames<'a> {
+    parent: &'a Arc<Node>,
+    name: &'a OsStr,
+    newparent: &'a Arc<Node>,
+    newname: &'a OsStr,
+}
+
+/// One rename's state from check to commit (as the kernel's ovl_rename
+/// carries in ovl_renamedata).
+struct RenameCtx<'a> {
+    n: RenameNames<'a>,
+    exchange: bool,
+    src: Arc<Node>,
+    src_dir: bool,
+    dst: Option<(Arc<Node>, crate::sys::Stat)>,
+    src_redirect: Option<Vec<u8>>,
+    dst_redirect: Option<Vec<u8>>,
+}
+
+/// The upper entries a rename commits: source and target, by dir fd.
+struct UpperNames<'a> {
+    spfd: &'a OwnedFd,
+    sname: &'a CStr,
+    dpfd: &'a OwnedFd,
+    dname: &'a CStr,
+}
+
+impl UpperNames<'_> {
+    /// Swaps the two upper entries (RENAME_EXCHANGE).
+    fn exchange(&self) -> Result<()> {
+        let (s, d) = (self.spfd.as_fd(), self.dpfd.as_fd());
+        Ok(sys::renameat2(
+            s,
+            self.sname,
+            d,
+            self.dname,
+            sys::RENAME_EXCHANGE,
+        )?)
+    }
+}
+
+/// A dir with lower content.
+fn has_lower_dir(n: &Node) -> bool {
+    n.is_dir() && !n.state.read().lowers.is_empty()
+}
+
+fn metacopy(n: &Node) -> bool {
+    n.state.read().metacopy
+}
+
+/// Moves by a redirect to its lower content: a lower or merged dir, or a
+/// metacopy file.
+fn moves_by_redirect(n: &Node) -> bool {
+    has_lower_dir(n) || metacopy(n)
+}
+
 impl OvlFs {
     pub fn rename(
         &self,
@@ -48,12 +106,31 @@ impl OvlFs {
         {
             return errno(libc::EINVAL);
         }
-        let exchange = flags & sys::RENAME_EXCHANGE != 0;
         // Lookups and copy-ups resolve paths like any request; the commit,
         // from the upper paths to the new aliases, runs alone.
         let paths = self.rename_lock.paths();
-        let (src, sst) = self.lookup(parent, name, false)?;
-        let dst = match self.lookup(newparent, newname, false) {
+        let names = RenameNames {
+            parent,
+            name,
+            newparent,
+            newname,
+        };
+        let Some(mut r) = self.rename_check(names, flags)? else {
+            return Ok(());
+        };
+        self.rename_prepare(&r)?;
+        drop(paths);
+        let _commit = self.rename_lock.commit();
+        self.rename_commit(&mut r)
+    }
+
+    /// The checks before anything changes: flags against what exists,
+    /// types, emptiness, and the redirects lower dirs need. None: nothing
+    /// to do (two names of one object).
+    fn rename_check<'a>(&self, n: RenameNames<'a>, flags: u32) -> Result<Option<RenameCtx<'a>>> {
+        let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        let (src, sst) = self.lookup(n.parent, n.name, false)?;
+        let dst = match self.lookup(n.newparent, n.newname, false) {
             Ok(d) => Some(d),
             Err(Errno(libc::ENOENT)) => None,
             Err(e) => return Err(e),
@@ -64,178 +141,192 @@ impl OvlFs {
         if exchange && dst.is_none() {
             return errno(libc::ENOENT);
         }
-        let src_dir = is_dir(&sst);
         // A dir with lower content moves only by a redirect to that content.
-        let lower_dir = |n: &Node| n.is_dir() && !n.state.read().lowers.is_empty();
         let redirects = self.cfg.redirect_dir == RedirectDir::On;
-        if lower_dir(&src) && !redirects {
+        if has_lower_dir(&src) && !redirects {
             return errno(libc::EXDEV);
         }
-        let src_redirect = match lower_dir(&src) {
-            true => self.redirect_for(&src, parent, name, newparent)?,
+        let src_redirect = match has_lower_dir(&src) {
+            true => self.redirect_for(&src, n.parent, n.name, n.newparent)?,
             false => None,
         };
-        let mut dst_redirect = None;
-        if let Some((dnode, dst_st)) = &dst {
-            // Two names of one object: the VFS does nothing. With the index
-            // the names of a lower hard link are one object for the kernel,
-            // though each has a node of its own here.
-            let one_inode = self.index.is_some()
-                && !dnode.is_dir()
-                && dnode.kind == src.kind
-                && dnode.st_ino() == src.st_ino();
-            if Arc::ptr_eq(dnode, &src) {
-                return Ok(());
-            }
-            if one_inode {
-                // The kernel will move its entry for the old name onto the
-                // new one; both names stay, each with its own node.
-                self.invalidate_entry_later(newparent.ino, newname);
-                return Ok(());
-            }
-            if exchange {
-                if lower_dir(dnode) {
-                    if !redirects {
-                        return errno(libc::EXDEV);
-                    }
-                    dst_redirect = self.redirect_for(dnode, newparent, newname, parent)?;
-                }
-            } else if is_dir(dst_st) {
-                if !src_dir {
-                    return errno(libc::EISDIR);
-                }
-                // A pure upper target is checked by the upper rename itself,
-                // after the source got its markers, as in the kernel.
-                if lower_dir(dnode) && !self.merged_empty(dnode)? {
-                    return errno(libc::ENOTEMPTY);
-                }
-            } else if src_dir {
-                return errno(libc::ENOTDIR);
-            }
+        let mut r = RenameCtx {
+            n,
+            exchange,
+            src_dir: is_dir(&sst),
+            src,
+            dst,
+            src_redirect,
+            dst_redirect: None,
+        };
+        if r.dst.is_some() && !self.rename_check_target(&mut r, redirects)? {
+            return Ok(None);
         }
-        self.copy_up(parent, CopyUp::Data)?;
-        self.copy_up(newparent, CopyUp::Data)?;
-        self.copy_up_name(&src, parent, name, CopyUp::Meta)?;
-        match &dst {
-            Some((d, _)) if exchange => self.copy_up_name(d, newparent, newname, CopyUp::Meta)?,
+        Ok(Some(r))
+    }
+
+    /// The checks on an existing target; false: nothing to do.
+    fn rename_check_target(&self, r: &mut RenameCtx, redirects: bool) -> Result<bool> {
+        let (dnode, dst_st) = r.dst.as_ref().expect("a target");
+        if Arc::ptr_eq(dnode, &r.src) {
+            return Ok(false);
+        }
+        // Two names of one object: the VFS does nothing. With the index the
+        // names of a lower hard link are one object for the kernel, though
+        // each has a node of its own here; the kernel will move its entry
+        // for the old name onto the new one, both names stay.
+        let one_inode = self.index.is_some()
+            && !dnode.is_dir()
+            && dnode.kind == r.src.kind
+            && dnode.st_ino() == r.src.st_ino();
+        if one_inode {
+            self.invalidate_entry_later(r.n.newparent.ino, r.n.newname);
+            return Ok(false);
+        }
+        if r.exchange {
+            if has_lower_dir(dnode) {
+                if !redirects {
+                    return errno(libc::EXDEV);
+                }
+                r.dst_redirect =
+                    self.redirect_for(dnode, r.n.newparent, r.n.newname, r.n.parent)?;
+            }
+        } else if is_dir(dst_st) {
+            if !r.src_dir {
+                return errno(libc::EISDIR);
+            }
+            // A pure upper target is checked by the upper rename itself,
+            // after the source got its markers, as in the kernel.
+            if has_lower_dir(dnode) && !self.merged_empty(dnode)? {
+                return errno(libc::ENOTEMPTY);
+            }
+        } else if r.src_dir {
+            return errno(libc::ENOTDIR);
+        }
+        Ok(true)
+    }
+
+    /// Copy-ups: both parents, the source (its metadata), and an exchanged
+    /// target; a replaced hard link first goes into the index.
+    fn rename_prepare(&self, r: &RenameCtx) -> Result<()> {
+        let n = &r.n;
+        self.copy_up(n.parent, CopyUp::Data)?;
+        self.copy_up(n.newparent, CopyUp::Data)?;
+        self.copy_up_name(&r.src, n.parent, n.name, CopyUp::Meta)?;
+        match &r.dst {
+            Some((d, _)) if r.exchange => {
+                self.copy_up_name(d, n.newparent, n.newname, CopyUp::Meta)
+            }
             Some((d, dst_st)) if !d.is_dir() => {
-                self.index_before_drop(d, newparent, newname, dst_st)?
+                self.index_before_drop(d, n.newparent, n.newname, dst_st)
             }
-            _ => {}
+            _ => Ok(()),
         }
-        drop(paths);
-        let _commit = self.rename_lock.commit();
-        let spath = join(&self.path_of(parent)?, name);
-        let dpath = join(&self.path_of(newparent)?, newname);
+    }
+
+    /// The commit, under the rename lock alone: redirects, then the upper
+    /// rename (or exchange), then the node table.
+    fn rename_commit(&self, r: &mut RenameCtx) -> Result<()> {
+        let n = &r.n;
+        let spath = join(&self.path_of(n.parent)?, n.name);
+        let dpath = join(&self.path_of(n.newparent)?, n.newname);
         let (spfd, sname) = self.upper_parent(&spath)?;
         let (dpfd, dname) = self.upper_parent(&dpath)?;
-        // Swaps the two upper entries (RENAME_EXCHANGE).
-        let exchange_upper = || {
-            sys::renameat2(
-                spfd.as_fd(),
-                &sname,
-                dpfd.as_fd(),
-                &dname,
-                sys::RENAME_EXCHANGE,
-            )
+        let up = UpperNames {
+            spfd: &spfd,
+            sname: &sname,
+            dpfd: &dpfd,
+            dname: &dname,
         };
-        let samedir = Arc::ptr_eq(parent, newparent);
+        let samedir = Arc::ptr_eq(n.parent, n.newparent);
         // A metacopy file moves like a lower dir: a redirect finds its data.
-        let metacopy = |n: &Node| n.state.read().metacopy;
-        let src_redirect = match metacopy(&src) {
-            true => self.redirect_for(&src, parent, name, newparent)?,
-            false => src_redirect,
-        };
-        if exchange {
-            let (d, _) = dst.as_ref().expect("checked");
+        if metacopy(&r.src) {
+            r.src_redirect = self.redirect_for(&r.src, n.parent, n.name, n.newparent)?;
+        }
+        if let Some((d, _)) = r.dst.as_ref().filter(|_| r.exchange) {
             if metacopy(d) {
-                dst_redirect = self.redirect_for(d, newparent, newname, parent)?;
+                r.dst_redirect = self.redirect_for(d, n.newparent, n.newname, n.parent)?;
             }
         }
-        let lower_dir = |n: &Node| lower_dir(n) || metacopy(n);
-        if lower_dir(&src) {
-            self.set_redirect(
-                &src,
-                &spfd,
-                &sname,
-                src_redirect.as_deref(),
-                newparent,
-                samedir,
-            )?;
+        if moves_by_redirect(&r.src) {
+            let v = r.src_redirect.as_deref();
+            self.set_redirect(&r.src, &spfd, &sname, v, n.newparent, samedir)?;
         }
-        if exchange {
-            let (d, _) = dst.expect("checked");
-            if lower_dir(&d) {
-                self.set_redirect(&d, &dpfd, &dname, dst_redirect.as_deref(), parent, samedir)?;
-            }
-            if src_dir && !lower_dir(&src) && Self::is_merged_dir(newparent) {
-                self.set_opaque(spfd.as_fd(), &sname)?;
-            }
-            if d.is_dir() && !lower_dir(&d) && Self::is_merged_dir(parent) {
-                self.set_opaque(dpfd.as_fd(), &dname)?;
-            }
-            exchange_upper()?;
-            src.rename_alias(parent, name, newparent, newname);
-            d.rename_alias(newparent, newname, parent, name);
-            self.move_split(&src, parent, name, newparent, newname);
-            self.move_split(&d, newparent, newname, parent, name);
-            return Ok(());
+        if r.exchange {
+            return self.rename_exchange(r, &up, samedir);
         }
-        let src_needs_wh = self.lower_positive(parent, name)?;
-        let dup = self.upper()?.try_stat(&dpath)?;
-        let pin = match (&dst, &dup) {
-            (Some((d, _)), Some(u)) => self.pin_removed(d, &dpfd, &dname, u),
+        self.rename_move(r, &up, &dpath)
+    }
+
+    /// RENAME_EXCHANGE: both entries swap, with their markers.
+    fn rename_exchange(&self, r: &RenameCtx, up: &UpperNames, samedir: bool) -> Result<()> {
+        let n = &r.n;
+        let (d, _) = r.dst.as_ref().expect("checked");
+        if moves_by_redirect(d) {
+            let v = r.dst_redirect.as_deref();
+            self.set_redirect(d, up.dpfd, up.dname, v, n.parent, samedir)?;
+        }
+        if r.src_dir && !moves_by_redirect(&r.src) && Self::is_merged_dir(n.newparent) {
+            self.set_opaque(up.spfd.as_fd(), up.sname)?;
+        }
+        if d.is_dir() && !moves_by_redirect(d) && Self::is_merged_dir(n.parent) {
+            self.set_opaque(up.dpfd.as_fd(), up.dname)?;
+        }
+        up.exchange()?;
+        r.src.rename_alias(n.parent, n.name, n.newparent, n.newname);
+        d.rename_alias(n.newparent, n.newname, n.parent, n.name);
+        self.move_split(&r.src, n.parent, n.name, n.newparent, n.newname);
+        self.move_split(d, n.newparent, n.newname, n.parent, n.name);
+        Ok(())
+    }
+
+    /// A plain rename: the source moves (leaving a whiteout where a lower
+    /// name is left to hide) over whatever the target was.
+    fn rename_move(&self, r: &RenameCtx, up: &UpperNames, dpath: &[u8]) -> Result<()> {
+        let n = &r.n;
+        let src_needs_wh = self.lower_positive(n.parent, n.name)?;
+        let dup = self.upper()?.try_stat(dpath)?;
+        let pin = match (&r.dst, &dup) {
+            (Some((d, _)), Some(u)) => self.pin_removed(d, up.dpfd, up.dname, u),
             _ => None,
         };
         // Like the kernel: a pure upper dir moving into a merged dir becomes
         // opaque, so lower entries of its new name can never show through.
-        if src_dir && !lower_dir(&src) && Self::is_merged_dir(newparent) {
-            self.set_opaque(spfd.as_fd(), &sname)?;
+        if r.src_dir && !moves_by_redirect(&r.src) && Self::is_merged_dir(n.newparent) {
+            self.set_opaque(up.spfd.as_fd(), up.sname)?;
         }
         match dup {
-            Some(d) if src_dir && format::is_whiteout(&d) => {
-                exchange_upper()?;
+            Some(d) if r.src_dir && format::is_whiteout(&d) => {
+                up.exchange()?;
                 if !src_needs_wh {
-                    sys::unlinkat(spfd.as_fd(), &sname, 0)?;
+                    sys::unlinkat(up.spfd.as_fd(), up.sname, 0)?;
                 }
             }
             _ => {
-                let dst_merged = dst.as_ref().is_some_and(|(d, _)| lower_dir(d));
-                if let Some(d) = dup.as_ref().filter(|_| dst_merged) {
-                    if is_dir(d) {
-                        // Merged-empty: it holds whiteouts only.
-                        let fd = sys::open_beneath(
-                            dpfd.as_fd(),
-                            &dname,
-                            libc::O_RDONLY | libc::O_DIRECTORY,
-                            0,
-                        )?;
-                        clean_dir(&fd)?;
-                    }
+                let dst_merged = r.dst.as_ref().is_some_and(|(d, _)| moves_by_redirect(d));
+                if dup.as_ref().is_some_and(|d| dst_merged && is_dir(d)) {
+                    // Merged-empty: it holds whiteouts only.
+                    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+                    clean_dir(&sys::open_beneath(up.dpfd.as_fd(), up.dname, flags, 0)?)?;
                 }
-                self.rename_whiteout(&spfd, &sname, &dpfd, &dname, src_needs_wh)?;
+                self.rename_whiteout(up.spfd, up.sname, up.dpfd, up.dname, src_needs_wh)?;
             }
         }
         if let Some(ust) = dup.filter(|d| !format::is_whiteout(d)) {
             self.forget_upper_ino(&ust);
         }
-        if let Some((d, _)) = &dst {
+        if let Some((d, dst_st)) = &r.dst {
             self.keep_pin(d, pin);
-        }
-        if let Some((d, dst_st)) = &dst {
+            // Read first: store_nlink takes the state lock for writing.
             let counted = d.state.read().nlink;
-            if let Some(n) = counted {
-                self.store_nlink(d, n.saturating_sub(1))?;
+            if let Some(nl) = counted {
+                self.store_nlink(d, nl.saturating_sub(1))?;
             }
-            self.detach(
-                d,
-                newparent,
-                newname,
-                is_dir(dst_st) || dst_st.st_nlink <= 1,
-            );
+            let last = is_dir(dst_st) || dst_st.st_nlink <= 1;
+            self.detach(d, n.newparent, n.newname, last);
         }
-        src.rename_alias(parent, name, newparent, newname);
-        self.move_split(&src, parent, name, newparent, newname);
+        r.src.rename_alias(n.parent, n.name, n.newparent, n.newname);
+        self.move_split(&r.src, n.parent, n.name, n.newparent, n.newname);
         Ok(())
     }
 
