@@ -8,6 +8,7 @@
 #
 #   bench/run.sh [--files N] [--dirs N] [--mib N] [--repeats N] [--quick]
 set -euo pipefail
+shopt -s inherit_errexit
 FILES=20000 DIRS=5000 MIB=256 REPEATS=3
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,27 +57,34 @@ dd if=/dev/urandom of="$L/big" bs=1M count="$MIB" status=none
 sync
 
 now() { date +%s%N; }
-# Mounts kind $1 in dir $2; a FUSE daemon runs in the foreground as our
-# child, tracked by its pid (DAEMON).
+# Mounts kind $1 in dir $2. A FUSE daemon runs in the foreground, started
+# from a subshell that exits at once, so that it is no child of ours (a
+# shell waits for its children in odd places) and holds none of our pipes;
+# it is tracked by its pid (DAEMON).
 mount_fs() {
-  local k=$1 d=$2 o
+  local k=$1 d=$2 o cmd
   rm -rf "$d" && mkdir -p "$d/u" "$d/w" "$d/m"
   o="lowerdir=$L,upperdir=$d/u,workdir=$d/w"
   [ -n "$SAVED_URING" ] && { [[ $k == ovlfuse-uring* ]] && echo Y || echo N; } > "$URING"
   case $k in
     kernel) mount -t overlay overlay -o "$o" "$d/m"; return ;;
-    ovlfuse | ovlfuse-uring) "$OVL" -f -o "$o" "$d/m" 2> /dev/null & ;;
-    ovlfuse-t1 | ovlfuse-uring-t1) "$OVL" -f -o "$o,threads=1" "$d/m" 2> /dev/null & ;;
-    fuse-overlayfs) "$FOVL" -f -o "$o" "$d/m" 2> /dev/null & ;;
-    fuse-overlayfs-2.0) "$FOVL2" -f -o "$o" "$d/m" 2> /dev/null & ;;
+    ovlfuse | ovlfuse-uring) cmd=("$OVL" -f -o "$o") ;;
+    ovlfuse-t1 | ovlfuse-uring-t1) cmd=("$OVL" -f -o "$o,threads=1") ;;
+    fuse-overlayfs) cmd=("$FOVL" -f -o "$o") ;;
+    fuse-overlayfs-2.0) cmd=("$FOVL2" -f -o "$o") ;;
   esac
-  DAEMON=$!
+  ("${cmd[@]}" "$d/m" < /dev/null > /dev/null 2>&1 & echo $! > "$d/pid")
+  DAEMON=$(cat "$d/pid")
   wait_mounted "$d/m"
 }
 umount_fs() {
   umount "$1/m"
   wait_unmounted "$1/m"
-  if [ "$DAEMON" != 0 ]; then wait "$DAEMON" 2> /dev/null || true; DAEMON=0; fi
+  if [ "$DAEMON" != 0 ]; then
+    # The daemon ends once its mount is gone.
+    for _ in $(seq 100); do kill -0 "$DAEMON" 2> /dev/null || break; sleep 0.05; done
+    DAEMON=0
+  fi
 }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
