@@ -104,6 +104,28 @@ fn copy_by_read(src: BorrowedFd, dst: BorrowedFd, pos: u64, want: usize) -> io::
     Ok(n)
 }
 
+/// One copy-up's state from start to install (the kernel's
+/// ovl_copy_up_ctx).
+struct CopyUpCtx<'a> {
+    node: &'a Arc<Node>,
+    lower: &'a Layer,
+    lpath: Vec<u8>,
+    /// The lower object's stat.
+    st: Stat,
+    /// The object's path in the merged view, and its upper parent.
+    path: Vec<u8>,
+    pfd: OwnedFd,
+    name: CString,
+    /// The upper parent's stat before (its times are put back).
+    pst: Stat,
+    fh: Option<crate::format::FileHandle>,
+    /// The index entry it goes through, if any.
+    index: Option<(&'a Layer, String)>,
+    /// A metadata-only copy-up (metacopy=on).
+    meta: bool,
+    how: CopyUp,
+}
+
 impl OvlFs {
     /// Makes sure `node` (and every parent) exists in the upper layer.
     /// Files already open on the lower data read the copy from then on.
@@ -135,38 +157,29 @@ impl OvlFs {
         if node.has_upper() {
             return Ok(());
         }
+        let c = self.copy_up_ctx(node, how)?;
+        if self.copy_up_link_index(&c)? {
+            return Ok(());
+        }
+        let upper_ino = self.copy_up_build(&c)?;
+        self.copy_up_install(&c, upper_ino)
+    }
+
+    /// What a copy-up of `node` starts from: the lower object, the upper
+    /// parent, the origin handle, the index entry it goes through (a
+    /// hard-linked lower file with index=on, so that every name of the
+    /// inode shares one upper inode), and metadata-only or not.
+    fn copy_up_ctx<'a>(&'a self, node: &'a Arc<Node>, how: CopyUp) -> Result<CopyUpCtx<'a>> {
         let (lower, lpath) = self.real(node)?;
         let st = lower.stat(&lpath)?;
         let path = self.path_of(node)?;
         let (pfd, name) = self.upper_parent(&path)?;
         let pst = sys::fstatat(pfd.as_fd(), c".")?;
-        let work = self.work()?;
         let fh = self.lower_fh(lower, &lpath);
-        // Hard-linked lower files go through the index so that every name
-        // of the inode shares one upper inode (index=on).
         let index = match (&fh, self.index_layer()) {
             (Some(f), Some(ix)) if !node.is_dir() && st.st_nlink > 1 => Some((ix, f.index_name())),
             _ => None,
         };
-        if let Some((ix, iname)) = &index {
-            if let Some(ist) = ix.try_stat(iname.as_bytes())? {
-                // Another name was copied up before: this one links to it.
-                // The merged link count stays what it was before the link.
-                let n = self.indexed_nlink(ix, iname.as_bytes(), &ist, st.st_nlink);
-                sys::linkat(
-                    ix.fd(),
-                    &CString::new(iname.as_str()).expect("hex"),
-                    pfd.as_fd(),
-                    &name,
-                    0,
-                )?;
-                keep_times(&pfd, &pst);
-                node.state.write().index = Some(Arc::from(iname.as_str()));
-                node.set_upper();
-                self.store_nlink(node, n)?;
-                return Ok(());
-            }
-        }
         // With the index too: the index entry is then the metacopy.
         let meta =
             how == CopyUp::Meta && self.cfg.metacopy && st.st_mode & libc::S_IFMT == libc::S_IFREG;
@@ -174,63 +187,94 @@ impl OvlFs {
             CopyUp::Meta if !meta => CopyUp::Data,
             h => h,
         };
+        Ok(CopyUpCtx {
+            node,
+            lower,
+            lpath,
+            st,
+            path,
+            pfd,
+            name,
+            pst,
+            fh,
+            index,
+            meta,
+            how,
+        })
+    }
+
+    /// Another name was copied up through the index before: this one
+    /// links to it. The merged link count stays what it was before the
+    /// link. False: no such entry, a full copy-up is needed.
+    fn copy_up_link_index(&self, c: &CopyUpCtx) -> Result<bool> {
+        let Some((ix, iname)) = &c.index else {
+            return Ok(false);
+        };
+        let Some(ist) = ix.try_stat(iname.as_bytes())? else {
+            return Ok(false);
+        };
+        let n = self.indexed_nlink(ix, iname.as_bytes(), &ist, c.st.st_nlink);
+        let iname_c = CString::new(iname.as_str()).expect("hex");
+        sys::linkat(ix.fd(), &iname_c, c.pfd.as_fd(), &c.name, 0)?;
+        keep_times(&c.pfd, &c.pst);
+        c.node.state.write().index = Some(Arc::from(iname.as_str()));
+        c.node.set_upper();
+        self.store_nlink(c.node, n)?;
+        Ok(true)
+    }
+
+    /// Builds the copy in W/work with its markers (and its index entry),
+    /// then renames it into place; on failure nothing is left behind.
+    /// Returns the new upper inode's number.
+    fn copy_up_build(&self, c: &CopyUpCtx) -> Result<u64> {
+        let work = self.work()?;
         let tmp = self.tmp_name();
+        let index_c = c
+            .index
+            .as_ref()
+            .map(|(ix, n)| (ix, CString::new(n.as_str()).expect("hex")));
         let res = self
-            .build_copy(node, lower, &lpath, &st, work, &tmp, how)
+            .build_copy(c.node, c.lower, &c.lpath, &c.st, work, &tmp, c.how)
             .and_then(|()| {
-                if let Some(f) = &fh {
+                if let Some(f) = &c.fh {
                     sys::setxattr(work.as_fd(), &tmp, &self.xn.origin, &f.encode(), 0)?;
                 }
-                if meta {
+                if c.meta {
                     sys::setxattr(work.as_fd(), &tmp, &self.xn.metacopy, b"", 0)?;
                 }
-                if let Some((ix, iname)) = &index {
+                if let Some((ix, iname)) = &index_c {
                     // After the link and the rename the upper inode has 2 links.
-                    let v = crate::format::format_nlink(st.st_nlink as i64 - 2);
+                    let v = crate::format::format_nlink(c.st.st_nlink as i64 - 2);
                     sys::setxattr(work.as_fd(), &tmp, &self.xn.nlink, &v, 0)?;
-                    sys::linkat(
-                        work.as_fd(),
-                        &tmp,
-                        ix.fd(),
-                        &CString::new(iname.as_str()).expect("hex"),
-                        0,
-                    )?;
+                    sys::linkat(work.as_fd(), &tmp, ix.fd(), iname, 0)?;
                 }
-                Ok(sys::fstatat(work.as_fd(), &tmp)?.st_ino)
+                let ino = sys::fstatat(work.as_fd(), &tmp)?.st_ino;
+                let flags = sys::RENAME_NOREPLACE;
+                sys::renameat2(work.as_fd(), &tmp, c.pfd.as_fd(), &c.name, flags)?;
+                Ok(ino)
             });
-        let drop_index = || {
-            if let Some((ix, iname)) = &index {
-                let _ = sys::unlinkat(ix.fd(), &CString::new(iname.as_str()).expect("hex"), 0);
-            }
-        };
-        let upper_ino = match res {
-            Ok(ino) => ino,
-            Err(e) => {
-                remove_tmp(work, &tmp);
-                drop_index();
-                return Err(e);
-            }
-        };
-        if let Err(e) = sys::renameat2(
-            work.as_fd(),
-            &tmp,
-            pfd.as_fd(),
-            &name,
-            sys::RENAME_NOREPLACE,
-        ) {
+        if res.is_err() {
             remove_tmp(work, &tmp);
-            drop_index();
-            return Err(e.into());
+            if let Some((ix, iname)) = &index_c {
+                let _ = sys::unlinkat(ix.fd(), iname, 0);
+            }
         }
-        if let Some((_, iname)) = &index {
+        res
+    }
+
+    /// The copy is in place: the node's state, the parent's times and
+    /// impure mark, and the st_ino the object reports from now on.
+    fn copy_up_install(&self, c: &CopyUpCtx, upper_ino: u64) -> Result<()> {
+        let node = c.node;
+        if let Some((_, iname)) = &c.index {
             {
                 let mut s = node.state.write();
                 s.index = Some(Arc::from(iname.as_str()));
-                s.nlink = Some(st.st_nlink as u32);
+                s.nlink = Some(c.st.st_nlink as u32);
             }
-            self.share_index(node, iname, st.st_nlink as u32, meta);
+            self.share_index(node, iname, c.st.st_nlink as u32, c.meta);
         }
-        if !meta {
+        if !c.meta {
             // A lower metacopy file's data came up with it.
             node.state.write().metacopy = false;
         } else {
@@ -238,21 +282,21 @@ impl OvlFs {
             let mut s = node.state.write();
             s.metacopy = true;
             for l in s.lowers.iter_mut().filter(|l| l.path.is_none()) {
-                l.path = Some(Arc::from(path.as_slice()));
+                l.path = Some(Arc::from(c.path.as_slice()));
             }
         }
         // A copy-up is no change of the parent: keep its times as they were.
-        keep_times(&pfd, &pst);
-        self.sync_dir(&pfd);
-        if fh.is_some() {
-            self.set_impure(crate::layer::split_parent(&path).0)?;
+        keep_times(&c.pfd, &c.pst);
+        self.sync_dir(&c.pfd);
+        if c.fh.is_some() {
+            self.set_impure(crate::layer::split_parent(&c.path).0)?;
         }
         // What the object reports from now on: a name of a lower hard link
         // copied up on its own (no index) shows the upper's number, as in
         // the kernel; everything else keeps its number.
-        let shown = match index {
+        let shown = match c.index {
             None if crate::node::is_split_id(node.ino) => {
-                self.map_ino(0, &sys::fstatat(pfd.as_fd(), &name)?)
+                self.map_ino(0, &sys::fstatat(c.pfd.as_fd(), &c.name)?)
             }
             _ => node.st_ino(),
         };
