@@ -287,34 +287,44 @@ pub struct Ghosts {
 impl Ghosts {
     pub const SLOTS: usize = 1 << 13;
 
-    fn slot(&self, ino: u64, dir: bool) -> &Mutex<Option<Ghost>> {
-        let table = if dir { &self.dirs } else { &self.others };
-        let table = table.get_or_init(|| (0..Self::SLOTS).map(|_| Mutex::new(None)).collect());
-        // Fibonacci hashing: neighbouring inode numbers spread out.
-        let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 51;
-        &table[h as usize % Self::SLOTS]
+    fn table(&self, dir: bool) -> &std::sync::OnceLock<Box<[Mutex<Option<Ghost>>]>> {
+        if dir {
+            &self.dirs
+        } else {
+            &self.others
+        }
+    }
+
+    /// Fibonacci hashing: neighbouring inode numbers spread out.
+    fn index(ino: u64) -> usize {
+        (ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 51) as usize % Self::SLOTS
     }
 
     fn put(&self, g: Ghost) {
-        let slot = self.slot(g.ino, g.kind == libc::S_IFDIR);
+        let table = self.table(g.kind == libc::S_IFDIR);
+        let table = table.get_or_init(|| (0..Self::SLOTS).map(|_| Mutex::new(None)).collect());
+        let slot = &table[Self::index(g.ino)];
         *slot.lock() = Some(g);
     }
 
+    /// The ghost of `ino` in the dir or the other table; nothing is
+    /// allocated before the first forget, and lookups do not allocate.
+    fn find(&self, ino: u64, dir: bool, kind: Option<u32>) -> Option<Ghost> {
+        let slot = self.table(dir).get()?[Self::index(ino)].lock();
+        slot.as_ref()
+            .filter(|g| g.ino == ino && kind.is_none_or(|k| g.kind == k))
+            .cloned()
+    }
+
     pub fn get(&self, ino: u64) -> Option<Ghost> {
-        [true, false].into_iter().find_map(|dir| {
-            self.slot(ino, dir)
-                .lock()
-                .as_ref()
-                .filter(|g| g.ino == ino)
-                .cloned()
-        })
+        self.find(ino, true, None)
+            .or_else(|| self.find(ino, false, None))
     }
 
     /// The generation a node of `ino` and `kind` had when it was forgotten.
     fn generation(&self, ino: u64, kind: u32) -> Option<u64> {
-        let slot = self.slot(ino, kind == libc::S_IFDIR).lock();
-        let g = slot.as_ref().filter(|g| g.ino == ino && g.kind == kind)?;
-        Some(g.generation)
+        self.find(ino, kind == libc::S_IFDIR, Some(kind))
+            .map(|g| g.generation)
     }
 }
 

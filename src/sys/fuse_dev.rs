@@ -3,7 +3,7 @@
 //! passthrough backing files. Used only by `crate::wire`.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use super::{cvt, cvt_ssize};
 
@@ -74,12 +74,4 @@ pub fn backing_open(dev: BorrowedFd, file: BorrowedFd) -> io::Result<u32> {
 pub fn backing_close(dev: BorrowedFd, id: u32) -> io::Result<()> {
     // SAFETY: the ioctl reads a u32 from the pointer.
     cvt(unsafe { libc::ioctl(dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &id) }).map(drop)
-}
-
-/// Duplicates `fd` (for a notifier that outlives the session's borrow).
-pub fn dup(fd: BorrowedFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new fd we own, or -1.
-    let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
-    // SAFETY: a fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
