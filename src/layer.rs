@@ -166,8 +166,18 @@ impl Layer {
     /// An open beneath the root, with O_NOATIME where reads must not move
     /// atime and we may ask for it (owner or CAP_FOWNER; else EPERM).
     fn open_at(&self, path: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+        self.open_maybe_noatime(path, flags, mode, self.noatime_opens)
+    }
+
+    fn open_maybe_noatime(
+        &self,
+        path: &[u8],
+        flags: i32,
+        mode: u32,
+        noatime: bool,
+    ) -> io::Result<OwnedFd> {
         let c = to_c(path)?;
-        if self.noatime_opens && flags & libc::O_PATH == 0 {
+        if noatime && flags & libc::O_PATH == 0 {
             match sys::open_beneath(self.fd(), &c, flags | libc::O_NOATIME, mode) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
                 r => return r,
@@ -243,6 +253,14 @@ impl Layer {
     /// Entries of a directory of this layer (no "." or "..").
     pub fn read_dir(&self, path: &[u8]) -> io::Result<Vec<(OsString, u64, u8)>> {
         let fd = self.open_dir(path)?;
+        sys::read_dir(fd.as_fd())
+    }
+
+    /// Entries of a dir that ovlfuse reads for itself, not for a listing
+    /// the user asked for: read with O_NOATIME, so that it moves no atime
+    /// (the kernel's overlay has no such read).
+    pub fn scan_dir(&self, path: &[u8]) -> io::Result<Vec<(OsString, u64, u8)>> {
+        let fd = self.open_maybe_noatime(path, libc::O_RDONLY | libc::O_DIRECTORY, 0, true)?;
         sys::read_dir(fd.as_fd())
     }
 }

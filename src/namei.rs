@@ -499,7 +499,7 @@ impl OvlFs {
         if let Some(m) = parent.state.read().upper_markers {
             return Ok(m);
         }
-        let names = self.upper()?.read_dir(ppath)?;
+        let names = self.upper()?.scan_dir(ppath)?;
         let m = names
             .iter()
             .any(|(n, _, _)| format::aufs_whiteout_target(n).is_some());
