@@ -447,6 +447,20 @@ impl NodeTable {
         self.reap(ino);
     }
 
+    /// What a forgotten node leaves for file handles: its first name.
+    fn leave_ghost(&self, n: &Node) {
+        let st = n.state.read();
+        if let (Some((p, name)), false) = (st.aliases.first(), st.dead) {
+            self.ghosts.put(Ghost {
+                ino: n.ino,
+                parent: p.ino,
+                name: name.as_os_str().into(),
+                generation: n.generation,
+                kind: n.kind,
+            });
+        }
+    }
+
     /// Removes an unreferenced node and walks up its parents.
     pub fn reap(&self, ino: u64) {
         let mut next = Some(ino);
@@ -454,33 +468,19 @@ impl NodeTable {
             if ino == ROOT_INO {
                 return;
             }
-            let removed = self
-                .map
-                .remove_if(&ino, |_, n| n.nlookup() == 0 && Arc::strong_count(n) == 1);
+            // The ghost is left while the shard is still locked, so that
+            // a LOOKUP of "." racing this FORGET finds the node or its ghost.
+            let removed = self.map.remove_if(&ino, |_, n| {
+                let gone = n.nlookup() == 0 && Arc::strong_count(n) == 1;
+                if gone {
+                    self.leave_ghost(n);
+                }
+                gone
+            });
             if let Some((_, n)) = removed {
-                let (generation, kind) = (n.generation, n.kind);
-                // Nobody else holds it (checked above): its names move out.
-                let st = match Arc::try_unwrap(n) {
-                    Ok(n) => n.state.into_inner(),
-                    Err(n) => {
-                        next = n.state.read().aliases.first().map(|(p, _)| p.ino);
-                        continue;
-                    }
-                };
                 // Only a single parent chain is followed; other aliases' parents
                 // are reaped by their own forgets.
-                let first = st.aliases.into_iter().next();
-                next = first.as_ref().map(|(p, _)| p.ino);
-                if let (Some((p, name)), false) = (first, st.dead) {
-                    let name = name.into_boxed_os_str();
-                    self.ghosts.put(Ghost {
-                        ino,
-                        parent: p.ino,
-                        name,
-                        generation,
-                        kind,
-                    });
-                }
+                next = n.state.read().aliases.first().map(|(p, _)| p.ino);
             }
         }
     }
