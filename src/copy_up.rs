@@ -12,7 +12,7 @@ use log::warn;
 use crate::layer::Layer;
 use crate::node::Node;
 use crate::sys::{self, Stat};
-use crate::{errno, Errno, OvlFs, Result};
+use crate::{Errno, OvlFs, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyUp {
@@ -151,7 +151,7 @@ impl OvlFs {
             return Ok(());
         }
         self.upper()?;
-        let parent = node.parent().ok_or(Errno(libc::ENOENT))?;
+        let parent = node.parent().ok_or(Errno::ENOENT)?;
         self.copy_up(&parent, CopyUp::Data)?;
         let _guard = node.copy_up_lock.lock();
         if node.has_upper() {
@@ -227,8 +227,8 @@ impl OvlFs {
     /// then renames it into place; on failure nothing is left behind.
     /// Returns the new upper inode's number.
     fn copy_up_build(&self, c: &CopyUpCtx) -> Result<u64> {
-        let work = self.work()?;
-        let tmp = self.tmp_name();
+        let wd = self.work()?;
+        let (work, tmp) = (wd.fd(), wd.tmp_name());
         let index_c = c
             .index
             .as_ref()
@@ -254,7 +254,7 @@ impl OvlFs {
                 Ok(ino)
             });
         if res.is_err() {
-            remove_tmp(work, &tmp);
+            wd.remove_tmp(&tmp);
             if let Some((ix, iname)) = &index_c {
                 let _ = sys::unlinkat(ix.fd(), iname, 0);
             }
@@ -301,7 +301,7 @@ impl OvlFs {
             _ => node.st_ino(),
         };
         node.set_st_ino(shown);
-        self.copied.insert(upper_ino, shown);
+        self.inos.set_copied(upper_ino, shown);
         node.set_upper();
         if node.is_dir() {
             // A dir that gains an upper becomes merged: its nlink shows as 1.
@@ -393,7 +393,7 @@ impl OvlFs {
         }
         let iname = node.state.read().index.clone();
         if let (Some(iname), Some(ix)) = (iname, self.index_layer()) {
-            self.copy_up(&node.parent().ok_or(Errno(libc::ENOENT))?, CopyUp::Data)?;
+            self.copy_up(&node.parent().ok_or(Errno::ENOENT)?, CopyUp::Data)?;
             let (pfd, cname) = self.upper_parent(&path)?;
             let pst = sys::fstatat(pfd.as_fd(), c".")?;
             sys::linkat(
@@ -417,7 +417,7 @@ impl OvlFs {
             let Ok(pp) = self.path_of(&p) else { continue };
             let src = crate::layer::join(&pp, &n);
             if upper.try_stat(&src)?.is_some() {
-                self.copy_up(&node.parent().ok_or(Errno(libc::ENOENT))?, CopyUp::Data)?;
+                self.copy_up(&node.parent().ok_or(Errno::ENOENT)?, CopyUp::Data)?;
                 let (pfd, cname) = self.upper_parent(&path)?;
                 let pst = sys::fstatat(pfd.as_fd(), c".")?;
                 sys::linkat(
@@ -431,7 +431,7 @@ impl OvlFs {
                 return Ok(());
             }
         }
-        errno(libc::EIO)
+        Err(Errno::EIO)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -514,23 +514,5 @@ impl OvlFs {
             }
         }
         Ok(())
-    }
-
-    /// Creates a whiteout (char 0/0) named `tmp` in the work dir.
-    pub fn make_whiteout_tmp(&self) -> Result<std::ffi::CString> {
-        let work = self.work()?;
-        let tmp = self.tmp_name();
-        sys::mknodat(work.as_fd(), &tmp, libc::S_IFCHR, 0)?;
-        Ok(tmp)
-    }
-}
-
-pub fn remove_tmp(work: &OwnedFd, tmp: &CStr) {
-    if sys::unlinkat(work.as_fd(), tmp, 0).is_err() {
-        if let Ok(sub) = sys::open_beneath(work.as_fd(), tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-        {
-            let _ = crate::ovl::clean_dir(&sub);
-        }
-        let _ = sys::unlinkat(work.as_fd(), tmp, libc::AT_REMOVEDIR);
     }
 }

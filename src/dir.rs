@@ -5,13 +5,13 @@ use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::copy_up::{remove_tmp, CopyUp};
+use crate::copy_up::CopyUp;
 use crate::format;
 use crate::layer::{join, to_c};
 use crate::node::{Found, Node};
-use crate::ovl::clean_dir;
 use crate::sys::{self, Stat};
-use crate::{errno, Errno, OvlFs, Result};
+use crate::workdir::{clean_dir, Whiteouts};
+use crate::{Errno, OvlFs, Result};
 
 /// The caller's ids: new objects belong to them.
 #[derive(Debug, Clone, Copy)]
@@ -55,11 +55,11 @@ impl OvlFs {
     /// and tells whether the upper holds a whiteout there.
     fn prepare_create(&self, parent: &Arc<Node>, name: &OsStr) -> Result<(Vec<u8>, Over)> {
         if self.read_only() {
-            return errno(libc::EROFS);
+            return Err(Errno::EROFS);
         }
         if format::is_aufs_name(name) {
             // `.wh.` names are whiteout markers in every layer, never entries.
-            return errno(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         let parent_had_upper = parent.has_upper();
         let mut over_whiteout = false;
@@ -67,7 +67,7 @@ impl OvlFs {
             .lookup_found_ex(parent, name, &mut over_whiteout)?
             .is_some()
         {
-            return errno(libc::EEXIST);
+            return Err(Errno::EEXIST);
         }
         self.copy_up(parent, CopyUp::Data)?;
         let path = join(&self.path_of(parent)?, name);
@@ -77,7 +77,7 @@ impl OvlFs {
         }
         // A char 0/0 at the name, or a `.wh.` marker beside it (this upper's
         // form, or one fuse-overlayfs left).
-        let device = !self.aufs_whiteouts
+        let device = self.whiteouts() == Whiteouts::Device
             && self
                 .upper()?
                 .try_stat(&path)?
@@ -194,7 +194,7 @@ impl OvlFs {
         if let NewObj::Special(mode, rdev) = obj {
             // char 0/0 is the whiteout and is reserved.
             if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
-                return errno(libc::EPERM);
+                return Err(Errno::EPERM);
             }
         }
         let (uid, gid) = self.ids.creator(c.uid, c.gid);
@@ -225,7 +225,7 @@ impl OvlFs {
                 return Err(e);
             }
             if over == Over::Marker {
-                self.drop_aufs_whiteout(&pfd, &cname)?;
+                self.work()?.drop_aufs_whiteout(&pfd, &cname)?;
             }
         }
         self.intern_new(parent, name, &pfd, &cname)
@@ -245,8 +245,8 @@ impl OvlFs {
         opaque: bool,
     ) -> Result<()> {
         const DEFAULT_ACL: &CStr = c"system.posix_acl_default";
-        let work = self.work()?;
-        let tmp = self.tmp_name();
+        let wd = self.work()?;
+        let (work, tmp) = (wd.fd(), wd.tmp_name());
         let pst = sys::fstatat(pfd.as_fd(), c".")?;
         let acl = sys::getxattr(pfd.as_fd(), c".", DEFAULT_ACL).ok();
         let build = || -> Result<()> {
@@ -278,7 +278,7 @@ impl OvlFs {
             }
             Ok(())
         };
-        build().inspect_err(|_| remove_tmp(work, &tmp))
+        build().inspect_err(|_| wd.remove_tmp(&tmp))
     }
 
     fn intern_new(
@@ -312,7 +312,7 @@ impl OvlFs {
         newname: &OsStr,
     ) -> Result<(Arc<Node>, Stat)> {
         if node.is_dir() {
-            return errno(libc::EPERM);
+            return Err(Errno::EPERM);
         }
         let (path, over) = self.prepare_create(newparent, newname)?;
         self.copy_up(node, CopyUp::Meta)?;
@@ -325,7 +325,7 @@ impl OvlFs {
                 .aliases
                 .first()
                 .cloned()
-                .ok_or(Errno(libc::ENOENT))?;
+                .ok_or(Errno::ENOENT)?;
             if let Some(v) = self.redirect_for_abs(node, &sp, &sn, newparent, true)? {
                 let (spfd, sname) = self.upper_parent(&self.path_of(node)?)?;
                 sys::setxattr(spfd.as_fd(), &sname, &self.xn.redirect, &v, 0)?;
@@ -337,13 +337,13 @@ impl OvlFs {
         let (pfd, cname) = self.upper_parent(&path)?;
         if over == Over::Marker {
             sys::linkat(upper.fd(), &src, pfd.as_fd(), &cname, 0)?;
-            self.drop_aufs_whiteout(&pfd, &cname)?;
+            self.work()?.drop_aufs_whiteout(&pfd, &cname)?;
         } else if over == Over::Device {
-            let work = self.work()?;
-            let tmp = self.tmp_name();
+            let wd = self.work()?;
+            let (work, tmp) = (wd.fd(), wd.tmp_name());
             sys::linkat(upper.fd(), &src, work.as_fd(), &tmp, 0)?;
             if let Err(e) = sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &cname, 0) {
-                remove_tmp(work, &tmp);
+                wd.remove_tmp(&tmp);
                 return Err(e.into());
             }
         } else {
@@ -383,7 +383,7 @@ impl OvlFs {
 
     fn remove(&self, parent: &Arc<Node>, name: &OsStr, want_dir: bool) -> Result<()> {
         if self.read_only() {
-            return errno(libc::EROFS);
+            return Err(Errno::EROFS);
         }
         // As in rename: the switch of the name to a whiteout (or nothing)
         // and the alias removal run alone, or a request on this node could
@@ -391,8 +391,8 @@ impl OvlFs {
         let paths = self.rename_lock.paths();
         let (node, st) = self.lookup(parent, name, false)?;
         match (want_dir, is_dir(&st)) {
-            (false, true) => return errno(libc::EISDIR),
-            (true, false) => return errno(libc::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            (true, false) => return Err(Errno::ENOTDIR),
             _ => {}
         }
         // Found by this name in a lower (no redirect): a whiteout is needed;
@@ -408,7 +408,7 @@ impl OvlFs {
         // upper rmdir's own ENOTEMPTY: a whiteout replaces the dir whole.
         let merged = !node.state.read().lowers.is_empty();
         if want_dir && (merged || needs_whiteout) && !self.merged_empty(&node)? {
-            return errno(libc::ENOTEMPTY);
+            return Err(Errno::ENOTEMPTY);
         }
         self.copy_up(parent, CopyUp::Data)?;
         if !want_dir {
@@ -445,7 +445,7 @@ impl OvlFs {
             .and_then(|u| self.pin_removed(&node, &pfd, &cname, u));
         if in_upper {
             if needs_whiteout {
-                self.whiteout_over(&pfd, &cname, want_dir)?;
+                self.work()?.whiteout_over(&pfd, &cname, want_dir)?;
             } else if want_dir {
                 match sys::unlinkat(pfd.as_fd(), &cname, libc::AT_REMOVEDIR) {
                     // Merged-empty: what is left are whiteouts.
@@ -460,7 +460,7 @@ impl OvlFs {
                 sys::unlinkat(pfd.as_fd(), &cname, 0)?;
             }
         } else {
-            self.create_whiteout(&pfd, &cname)?;
+            self.work()?.create_whiteout(&pfd, &cname)?;
         }
         if let Some(ust) = upper_st {
             self.forget_upper_ino(&ust);
@@ -548,7 +548,7 @@ impl OvlFs {
                 // Nobody has it open (checked under the rename lock).
                 let _ = sys::ftruncate(p.fd.as_fd(), 0);
             }
-            self.pinned.insert(node.ino, p.fd);
+            self.inos.pin(node.ino, p.fd);
         }
     }
 
@@ -556,7 +556,7 @@ impl OvlFs {
     /// may be reused, so it must no longer map to the old overlay inode.
     pub(crate) fn forget_upper_ino(&self, st: &Stat) {
         if is_dir(st) || st.st_nlink <= 1 {
-            self.copied.remove(&st.st_ino);
+            self.inos.forget_copied(st.st_ino);
         }
     }
 }

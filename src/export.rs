@@ -21,7 +21,7 @@ impl OvlFs {
     pub fn lookup_self(&self, ino: u64) -> Result<(Arc<Node>, Stat)> {
         if let Some(n) = self.nodes.get(ino) {
             if n.state.read().dead {
-                return Err(Errno(libc::ESTALE));
+                return Err(Errno::ESTALE);
             }
             let st = self.getattr(&n, None)?;
             n.add_lookup();
@@ -32,11 +32,11 @@ impl OvlFs {
 
     /// LOOKUP ".." under `ino` (a dir): its parent, one more lookup counted.
     pub fn lookup_parent(&self, ino: u64) -> Result<(Arc<Node>, Stat)> {
-        let n = self.nodes.get(ino).ok_or(Errno(libc::ESTALE))?;
+        let n = self.nodes.get(ino).ok_or(Errno::ESTALE)?;
         let p = match n.state.read().aliases.first() {
             Some((p, _)) => p.clone(),
             None if ino == ROOT_INO => n.clone(),
-            None => return Err(Errno(libc::ESTALE)),
+            None => return Err(Errno::ESTALE),
         };
         let st = self.getattr(&p, None)?;
         p.add_lookup();
@@ -46,7 +46,7 @@ impl OvlFs {
     /// Finds a forgotten node again under the name it had; ESTALE if that
     /// name is gone or leads elsewhere by now.
     fn lookup_ghost(&self, ino: u64, count: bool, depth: usize) -> Result<(Arc<Node>, Stat)> {
-        let stale = Errno(libc::ESTALE);
+        let stale = Errno::ESTALE;
         let g = self.nodes.ghosts.get(ino).ok_or(stale)?;
         if depth > MAX_DEPTH {
             return Err(stale);

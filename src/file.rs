@@ -13,7 +13,7 @@ use crate::dir::{Creds, NewObj};
 use crate::node::Node;
 pub use crate::open::OpenFile;
 use crate::sys::{self, Stat};
-use crate::{errno, OvlFs, Result};
+use crate::{Errno, OvlFs, Result};
 
 /// Flags passed to the real open. Creation is done by then, O_DIRECT is the
 /// page cache's business on the FUSE side, and kernel-internal bits (FUSE
@@ -38,13 +38,13 @@ fn data_in_upper(node: &Node) -> bool {
 impl OvlFs {
     pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<u64> {
         if node.is_dir() {
-            return errno(libc::EISDIR);
+            return Err(Errno::EISDIR);
         }
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let trunc = flags & libc::O_TRUNC != 0;
         if write || trunc {
             if self.read_only() {
-                return errno(libc::EROFS);
+                return Err(Errno::EROFS);
             }
             self.copy_up(node, if trunc { CopyUp::NoData } else { CopyUp::Data })?;
         }
@@ -52,7 +52,7 @@ impl OvlFs {
         if (write || trunc) && layer.idx != 0 {
             // Never write into a lower layer, whatever went wrong before.
             log::error!("refusing a write open outside the upper layer");
-            return errno(libc::EIO);
+            return Err(Errno::EIO);
         }
         let fd = layer
             .open_file(&path, real_flags(flags), 0)
@@ -74,7 +74,6 @@ impl OvlFs {
     }
 
     fn add_file(&self, node: &Arc<Node>, fd: OwnedFd, flags: i32) -> u64 {
-        let fh = self.next_fh();
         let writable = real_flags(flags) & libc::O_ACCMODE != libc::O_RDONLY;
         let st = writable.then(|| sys::fstat(fd.as_fd()).ok()).flatten();
         let f = OpenFile::new(
@@ -84,8 +83,7 @@ impl OvlFs {
             data_in_upper(node),
             st.as_ref(),
         );
-        self.files.insert(fh, Arc::new(f));
-        fh
+        self.handles.add_file(f)
     }
 
     /// create(2): a new regular file, opened with `flags`.
@@ -107,10 +105,7 @@ impl OvlFs {
     }
 
     pub fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
-        self.files
-            .get(&fh)
-            .map(|f| f.clone())
-            .ok_or(crate::Errno(libc::EBADF))
+        self.handles.file(fh)
     }
 
     /// Points the files open on `node`'s lower data at its upper copy.
@@ -120,13 +115,11 @@ impl OvlFs {
         }
         let Ok(path) = self.path_of(node) else { return };
         let Ok(upper) = self.upper() else { return };
-        let open: Vec<Arc<OpenFile>> = self
-            .files
+        let open = self.handles.files_of(node.ino);
+        for f in open
             .iter()
             .filter(|f| Arc::ptr_eq(&f.node, node) && !f.on_upper())
-            .map(|f| f.clone())
-            .collect();
-        for f in open {
+        {
             if let Ok(fd) = upper.open_file(&path, f.flags(), 0) {
                 f.switch_to_upper(fd);
             }
@@ -187,7 +180,7 @@ impl OvlFs {
     }
 
     pub fn release(&self, fh: u64) {
-        if let Some((_, f)) = self.files.remove(&fh) {
+        if let Some(f) = self.handles.take_file(fh) {
             // Writes through a mapping may have moved the times without the
             // kernel noticing; a write(2) made it drop them already.
             let moved = f.writable()

@@ -71,7 +71,7 @@ impl OvlFs {
         // With the index on, a hard-linked lower was copied up through it.
         let indexed = self.index_layer().is_some();
         let ino = self.origin_ino(&self.decode_origin(&v, path)?, indexed)?;
-        self.copied.insert(upper_ino, ino);
+        self.inos.set_copied(upper_ino, ino);
         Some(ino)
     }
 
@@ -152,7 +152,7 @@ impl OvlFs {
             // upper inode, whose number may then be reused.
             let _ = sys::unlinkat(index.fd(), &CString::new(name.as_bytes()).expect("hex"), 0);
             if ist.st_nlink <= 1 {
-                self.copied.remove(&ist.st_ino);
+                self.inos.forget_copied(ist.st_ino);
             }
             return Ok(());
         }

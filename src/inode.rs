@@ -7,7 +7,7 @@ use crate::copy_up::CopyUp;
 use crate::layer::to_c;
 use crate::node::{Node, ROOT_INO};
 use crate::sys::{self, Stat};
-use crate::{errno, Errno, OvlFs, Result};
+use crate::{Errno, OvlFs, Result};
 
 /// The fields of a setattr; None leaves a field alone. Times are
 /// (seconds, nanoseconds) and may use sys::UTIME_NOW.
@@ -26,19 +26,7 @@ impl OvlFs {
     /// st_ino for an object of layer `layer_idx` (0 = upper): the real number
     /// when all layers share one filesystem, else xino-style fsid high bits.
     pub fn map_ino(&self, _layer_idx: usize, st: &Stat) -> u64 {
-        if self.xino_bits == 0 {
-            return st.st_ino;
-        }
-        let shift = 64 - self.xino_bits;
-        let fsid = self
-            .fs_devs
-            .iter()
-            .position(|d| *d == st.st_dev)
-            .unwrap_or(0) as u64;
-        if st.st_ino >> shift != 0 {
-            return st.st_ino;
-        }
-        st.st_ino | (fsid << shift)
+        self.inos.map(st)
     }
 
     /// Turns a real stat into what the merged view reports for `node`.
@@ -89,23 +77,19 @@ impl OvlFs {
     /// fstat through an open file of the node (for objects without a name,
     /// or the fd that holds a removed object until the kernel forgets it).
     fn stat_open(&self, node: &Node, fh: Option<u64>) -> Option<Stat> {
-        let f = match fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone())) {
+        let f = match fh.and_then(|fh| self.handles.file(fh).ok()) {
             Some(f) if f.node.ino == node.ino => Some(f),
-            _ => self
-                .files
-                .iter()
-                .find(|f| f.node.ino == node.ino)
-                .map(|f| f.clone()),
+            _ => self.handles.files_of(node.ino).into_iter().next(),
         };
         match f {
             Some(f) => sys::fstat(f.fd().as_fd()).ok(),
-            None => sys::fstat(self.pinned.get(&node.ino)?.as_fd()).ok(),
+            None => self.inos.pinned_stat(node.ino),
         }
     }
 
     pub fn setattr(&self, node: &Arc<Node>, a: SetAttr) -> Result<Stat> {
         if self.read_only() {
-            return errno(libc::EROFS);
+            return Err(Errno::EROFS);
         }
         // Only a size change needs the data; everything else is metadata.
         let how = match a.size {
@@ -151,16 +135,16 @@ impl OvlFs {
             }
             if let Some(mode) = a.mode {
                 if node.kind == libc::S_IFLNK {
-                    return errno(libc::EOPNOTSUPP);
+                    return Err(Errno::EOPNOTSUPP);
                 }
                 sys::fchmodat(upper.fd(), &cpath, mode & 0o7777)?;
             }
         }
         if let Some(size) = a.size {
             if node.is_dir() {
-                return errno(libc::EISDIR);
+                return Err(Errno::EISDIR);
             }
-            let handle = a.fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone()));
+            let handle = a.fh.and_then(|fh| self.handles.file(fh).ok());
             match handle.filter(|f| f.writable()) {
                 Some(f) => sys::ftruncate(f.fd().as_fd(), size)?,
                 None => {
@@ -182,7 +166,7 @@ impl OvlFs {
 
     pub fn readlink(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
         if node.kind != libc::S_IFLNK {
-            return errno(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         let (layer, path) = self.real(node)?;
         Ok(layer.readlink(&path)?)
@@ -200,13 +184,13 @@ impl OvlFs {
             return Ok(());
         }
         if mask & libc::W_OK != 0 && self.read_only() {
-            return errno(libc::EROFS);
+            return Err(Errno::EROFS);
         }
         let mode = st.st_mode;
         if uid == 0 {
             let any_x = mode & 0o111 != 0 || node.is_dir();
             return if mask & libc::X_OK != 0 && !any_x {
-                errno(libc::EACCES)
+                Err(Errno::EACCES)
             } else {
                 Ok(())
             };
@@ -222,7 +206,7 @@ impl OvlFs {
         if bits & want == want {
             Ok(())
         } else {
-            errno(libc::EACCES)
+            Err(Errno::EACCES)
         }
     }
 }

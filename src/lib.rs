@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod idmap;
 pub mod index;
 pub mod inode;
+pub mod inomap;
 pub mod killpriv;
 pub mod layer;
 pub mod logger;
@@ -28,17 +29,62 @@ pub mod split;
 pub mod sys;
 pub mod whiteout;
 pub mod wire;
+pub mod workdir;
 pub mod xattr;
 
 pub use ovl::OvlFs;
 
-/// An errno for the caller: every core operation fails with one.
+/// An errno for the caller: every core operation fails with one, spelled
+/// `Errno::ENOENT`; `Errno(n)` carries one from the real filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Errno(pub i32);
+
+macro_rules! errnos {
+    ($($name:ident),*) => {
+        impl Errno {
+            $(pub const $name: Errno = Errno(libc::$name);)*
+        }
+    };
+}
+
+errnos!(
+    EACCES,
+    EBADF,
+    EEXIST,
+    EINVAL,
+    EIO,
+    EISDIR,
+    ENAMETOOLONG,
+    ENODATA,
+    ENOENT,
+    ENOTDIR,
+    ENOTEMPTY,
+    EOPNOTSUPP,
+    EPERM,
+    EROFS,
+    ESTALE,
+    EXDEV,
+    ERANGE,
+    ENOSYS,
+    ELOOP,
+    EMLINK,
+    EFBIG,
+    ENOSPC,
+    EOVERFLOW,
+    ENOTSUP,
+    EAGAIN,
+    EINTR
+);
 
 impl From<std::io::Error> for Errno {
     fn from(e: std::io::Error) -> Errno {
         Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> std::io::Error {
+        std::io::Error::from_raw_os_error(e.0)
     }
 }
 
@@ -48,8 +94,6 @@ impl std::fmt::Display for Errno {
     }
 }
 
-pub type Result<T> = std::result::Result<T, Errno>;
+impl std::error::Error for Errno {}
 
-pub fn errno<T>(e: i32) -> Result<T> {
-    Err(Errno(e))
-}
+pub type Result<T> = std::result::Result<T, Errno>;

@@ -11,7 +11,7 @@ use crate::layer::join;
 use crate::node::{self, Found, LowerRef, Node};
 use crate::redirect::Walk;
 use crate::sys::Stat;
-use crate::{errno, OvlFs, Result};
+use crate::{Errno, OvlFs, Result};
 
 /// Where to look in a lower: (layer, dir in that layer, name).
 type Cand = (u16, Vec<u8>, Vec<u8>);
@@ -112,7 +112,7 @@ impl OvlFs {
         upper_whiteout: &mut bool,
     ) -> Result<Option<(Found, Stat)>> {
         if !parent.is_dir() {
-            return errno(libc::ENOTDIR);
+            return Err(Errno::ENOTDIR);
         }
         OvlFs::check_name(name)?;
         let ppath = self.path_of(parent)?;
@@ -156,7 +156,10 @@ impl OvlFs {
             return Ok(UpperStep::Hidden);
         }
         let ust = u.try_stat(&d.path)?;
-        if ust.is_none() && (self.aufs_whiteouts || self.upper_markers(parent, ppath)?) {
+        if ust.is_none()
+            && (self.whiteouts() == crate::workdir::Whiteouts::Aufs
+                || self.upper_markers(parent, ppath)?)
+        {
             let wh = join(ppath, &format::aufs_whiteout_name(name));
             if u.try_stat(&wh)?.is_some() {
                 return Ok(UpperStep::Whiteout);
@@ -210,7 +213,7 @@ impl OvlFs {
         if let Some(r) = u.try_getxattr(&d.path, &self.xn.redirect)? {
             if !format::redirect_valid(&r) {
                 log::warn!("{}: bad redirect xattr", String::from_utf8_lossy(&d.path));
-                return errno(libc::EIO);
+                return Err(Errno::EIO);
             }
             self.apply_redirect(&mut d.cands, 0, None, &r, true);
             d.redirect = Some(Arc::from(r.as_slice()));
@@ -342,7 +345,7 @@ impl OvlFs {
                 "{}: metacopy file without lower data",
                 String::from_utf8_lossy(&d.path)
             );
-            return errno(libc::EIO);
+            return Err(Errno::EIO);
         }
         if let Some(b) = d.data_blocks {
             st.st_blocks = b;
@@ -379,7 +382,7 @@ impl OvlFs {
         st: &Stat,
     ) -> Result<(u64, u64)> {
         let fh = match &d.origin {
-            Some(v) if d.indexed || !self.copied.contains_key(&st.st_ino) => {
+            Some(v) if d.indexed || self.inos.copied(st.st_ino).is_none() => {
                 self.decode_origin(v, &d.path)
             }
             _ => None,
@@ -458,9 +461,8 @@ impl OvlFs {
     /// ovlfuse, which keeps the node up to date), so one stat suffices.
     fn known_upper(&self, parent: &Node, name: &OsStr, st: &Stat) -> Option<(Found, Stat)> {
         let ino = self
-            .copied
-            .get(&st.st_ino)
-            .map(|i| *i)
+            .inos
+            .copied(st.st_ino)
             .unwrap_or_else(|| self.map_ino(0, st));
         let node = self.nodes.get(ino)?;
         let s = node.state.read();
@@ -510,12 +512,12 @@ impl OvlFs {
     /// The st_ino (and node id) of a non-split upper object: what copy-up
     /// recorded this mount, else its origin's number where that holds.
     fn upper_ino(&self, st: &Stat, fh: Option<&crate::format::FileHandle>, indexed: bool) -> u64 {
-        if let Some(i) = self.copied.get(&st.st_ino).map(|i| *i) {
+        if let Some(i) = self.inos.copied(st.st_ino) {
             return i;
         }
         match fh.and_then(|f| self.origin_ino(f, indexed)) {
             Some(i) => {
-                self.copied.insert(st.st_ino, i);
+                self.inos.set_copied(st.st_ino, i);
                 i
             }
             None => self.map_ino(0, st),
@@ -562,7 +564,7 @@ impl OvlFs {
                 self.apply_override(&node, &mut st);
                 Ok((node, st))
             }
-            None => errno(libc::ENOENT),
+            None => Err(Errno::ENOENT),
         }
     }
 

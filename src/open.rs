@@ -1,16 +1,19 @@
 //! What each open FUSE handle holds: a file's real fd (which moves to the
-//! upper copy after a copy-up) and a dir's listing snapshot. State only;
-//! the operations are in file.rs and readdir.rs, and the tables in OvlFs.
+//! upper copy after a copy-up) and a dir's listing snapshot, and the
+//! table of handles by fh. State only; the operations are in file.rs and
+//! readdir.rs.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::node::Node;
 use crate::sys::Stat;
+use crate::{Errno, Result};
 
 #[derive(Debug)]
 pub struct OpenFile {
@@ -110,4 +113,75 @@ pub struct DirEntry {
 pub struct DirHandle {
     pub node: Arc<Node>,
     pub entries: Mutex<Arc<Vec<DirEntry>>>,
+}
+
+/// The open handles by fh (the kernel's `struct file`s of this mount):
+/// files and dirs draw their numbers from one counter.
+pub struct Handles {
+    files: DashMap<u64, Arc<OpenFile>>,
+    dirs: DashMap<u64, Arc<DirHandle>>,
+    next: AtomicU64,
+}
+
+impl Default for Handles {
+    fn default() -> Handles {
+        // fh 0 stays unused: some callers read it as "no handle".
+        Handles {
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Handles {
+    fn next_fh(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn add_file(&self, f: OpenFile) -> u64 {
+        let fh = self.next_fh();
+        self.files.insert(fh, Arc::new(f));
+        fh
+    }
+
+    pub fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        self.files.get(&fh).map(|f| f.clone()).ok_or(Errno::EBADF)
+    }
+
+    /// Removes a file handle; the last clone closes the fd.
+    pub fn take_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.files.remove(&fh).map(|(_, f)| f)
+    }
+
+    /// Every file open on the node `ino`.
+    pub fn files_of(&self, ino: u64) -> Vec<Arc<OpenFile>> {
+        self.files
+            .iter()
+            .filter(|f| f.node.ino == ino)
+            .map(|f| f.clone())
+            .collect()
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn add_dir(&self, node: Arc<Node>) -> u64 {
+        let fh = self.next_fh();
+        let h = DirHandle {
+            node,
+            entries: Mutex::new(Arc::new(Vec::new())),
+        };
+        self.dirs.insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn dir(&self, fh: u64) -> Result<Arc<DirHandle>> {
+        self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
+    }
+
+    pub fn release_dir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
 }

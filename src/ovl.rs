@@ -1,23 +1,25 @@
 //! The mounted overlay (the kernel's `struct ovl_fs`): layers, work dir,
 //! private xattr names, the node table and the open handles.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use log::info;
 
-use crate::config::{Atime, Config, Xino};
+use crate::config::{Atime, Config};
 use crate::format::XattrNames;
+use crate::inomap::InoMap;
 use crate::layer::{self, common_dir, Layer, Reach};
 use crate::node::{LowerRef, Node, NodeState, NodeTable, ROOT_INO};
-use crate::open::{DirHandle, OpenFile};
+use crate::open::Handles;
+use crate::split::Splits;
 use crate::sys;
-use crate::{errno, Errno, Result};
+use crate::workdir::{lock_in_use, Whiteouts, WorkDir};
+use crate::{Errno, Result};
 
 /// Asks the kernel to drop its entry (parent node id, name).
 pub type InvalEntry = Box<dyn Fn(u64, &OsStr) + Send + Sync>;
@@ -26,7 +28,7 @@ pub struct OvlFs {
     pub cfg: Config,
     pub upper: Option<Layer>,
     /// `W/work`: where copy-ups and whiteouts are built before they move in.
-    pub work: Option<OwnedFd>,
+    work: Option<WorkDir>,
     pub lowers: Vec<Layer>,
     /// `W/index` (index=on).
     pub index: Option<Layer>,
@@ -36,29 +38,11 @@ pub struct OvlFs {
     /// xattr_permissions: the xattr that holds owner and mode, if any.
     pub override_xattr: Option<CString>,
     pub nodes: NodeTable,
-    pub files: DashMap<u64, Arc<OpenFile>>,
-    pub dirs: DashMap<u64, Arc<DirHandle>>,
-    next_fh: AtomicU64,
-    tmp_seq: AtomicU64,
-    /// Upper inode number -> overlay inode number, for objects copied up
-    /// during this mount (their st_ino stays the lower one).
-    pub copied: DashMap<u64, u64>,
-    /// (parent node id, name) -> node id of a name of a lower hard link
-    /// that is its own object (index=off): see namei's split_id.
-    pub split_ids: DashMap<(u64, std::ffi::OsString), u64>,
-    /// st_ino -> the split node ids of that inode's names (namei.rs).
-    pub split_siblings: DashMap<u64, Vec<u64>>,
-    next_split: AtomicU64,
-    /// Removed pure upper objects the kernel has not forgotten yet, held
-    /// open so that their inode numbers are not reused (dir::pin_removed).
-    pub pinned: DashMap<u64, OwnedFd>,
-    /// Whiteouts in the upper are AUFS `.wh.NAME` files: the upper refuses
-    /// char 0/0 devices (see aufs_whiteouts_needed).
-    pub aufs_whiteouts: bool,
-    /// High bits used for the layer's fs index when layers span filesystems.
-    pub xino_bits: u32,
-    /// Distinct st_dev values of the layers, upper first: index = fsid.
-    pub fs_devs: Vec<u64>,
+    pub handles: Handles,
+    /// Inode numbers: xino bits, copied-up numbers, pinned removed objects.
+    pub inos: InoMap,
+    /// Keys of the split nodes (names of lower hard links, index=off).
+    pub(crate) splits: Splits,
     /// Tells the kernel to drop its cached attributes of a node (set by the
     /// FUSE front end; absent when the core runs without a mount).
     pub inval_attr: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
@@ -67,70 +51,94 @@ pub struct OvlFs {
     pub inval_entry_later: std::sync::OnceLock<InvalEntry>,
     /// Keeps path resolution and rename commits apart.
     pub rename_lock: crate::rename_lock::RenameLock,
-    /// The workdir's fd, which holds its in-use lock (the upper's is held
-    /// by the upper layer's own fd) for as long as the mount lives.
-    _work_lock: Option<OwnedFd>,
 }
 
-fn io_err(what: &str, path: &std::path::Path, e: io::Error) -> String {
-    format!("{what} {}: {}", path.display(), crate::config::io_msg(&e))
+/// Why a mount cannot be set up: the layer, its path and the cause.
+#[derive(Debug)]
+pub enum SetupError {
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        err: io::Error,
+    },
+    /// Another mount holds the upper or work dir.
+    InUse { what: &'static str, path: PathBuf },
+}
+
+impl SetupError {
+    pub fn io(what: &'static str, path: &Path, err: io::Error) -> SetupError {
+        let path = path.to_owned();
+        SetupError::Io { what, path, err }
+    }
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupError::Io { what, path, err } => {
+                write!(f, "{what} {}: {}", path.display(), crate::config::io_msg(err))
+            }
+            SetupError::InUse { what, path } => write!(
+                f,
+                "{what} {}: is in use by another ovlfuse mount (EBUSY); unmount that one first, or give this mount its own upperdir and workdir",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// The upper half of a writable mount.
+struct UpperParts {
+    upper: Layer,
+    work: WorkDir,
+    index: Option<Layer>,
+}
+
+/// Opens the upper, workdir and index of `cfg`, locks them, and prepares
+/// W/work; may turn on userxattr where trusted.* cannot be written.
+fn open_upper(cfg: &mut Config) -> std::result::Result<Option<UpperParts>, SetupError> {
+    let (Some(u), Some(w)) = (cfg.upper.clone(), cfg.work.clone()) else {
+        return Ok(None);
+    };
+    // One view for both: work-to-upper renames must stay in one mount.
+    let reach = Reach::new(&common_dir(&u, &w), cfg.fuse.atime, cfg.fuse.nodiratime);
+    let open =
+        |p: &Path, what| Layer::open(p, 0, false, &reach).map_err(|e| SetupError::io(what, p, e));
+    let upper = open(&u, "upperdir")?;
+    let wl = open(&w, "workdir")?;
+    // Taken before W/work is emptied, which would wreck a live mount.
+    lock_in_use(&wl, "workdir", &w)?;
+    lock_in_use(&upper, "upperdir", &u)?;
+    let work = WorkDir::prepare(wl, cfg.index, &w)?;
+    if !cfg.userxattr && !work.trusted_xattrs_work() {
+        info!("trusted.* xattrs cannot be written on the upper filesystem; using user.overlay.* (userxattr)");
+        cfg.userxattr = true;
+    }
+    let index = match cfg.index {
+        true => Some(open(&w.join("index"), "workdir")?),
+        false => None,
+    };
+    Ok(Some(UpperParts { upper, work, index }))
 }
 
 impl OvlFs {
     /// Opens every layer and prepares the work dir. The config must be validated.
-    pub fn new(mut cfg: Config) -> std::result::Result<OvlFs, String> {
+    pub fn new(mut cfg: Config) -> std::result::Result<OvlFs, SetupError> {
         let mut lowers = Vec::with_capacity(cfg.lowers.len());
         for (i, l) in cfg.lowers.iter().enumerate() {
-            lowers.push(
-                Layer::open(
-                    &l.path,
-                    i + 1,
-                    l.data_only,
-                    &Reach::new(&l.path, Atime::Never, false),
-                )
-                .map_err(|e| io_err("lowerdir", &l.path, e))?,
-            );
+            let reach = Reach::new(&l.path, Atime::Never, false);
+            let layer = Layer::open(&l.path, i + 1, l.data_only, &reach)
+                .map_err(|e| SetupError::io("lowerdir", &l.path, e))?;
+            lowers.push(layer);
         }
-        let mut upper = None;
-        let mut work = None;
-        let mut index = None;
-        let mut aufs_whiteouts = false;
-        let mut work_lock = None;
-        if let (Some(u), Some(w)) = (&cfg.upper, &cfg.work) {
-            // One view for both: work-to-upper renames must stay in one mount.
-            let reach = Reach::new(&common_dir(u, w), cfg.fuse.atime, cfg.fuse.nodiratime);
-            let ul = Layer::open(u, 0, false, &reach).map_err(|e| io_err("upperdir", u, e))?;
-            let wl = Layer::open(w, 0, false, &reach).map_err(|e| io_err("workdir", w, e))?;
-            // As the kernel's in-use flags: one mount per upper and workdir.
-            // Taken before W/work is emptied, which would wreck a live mount.
-            lock_in_use(&wl, "workdir", w)?;
-            lock_in_use(&ul, "upperdir", u)?;
-            let wfd = prepare_workdir(&wl, cfg.index).map_err(|e| io_err("workdir", w, e))?;
-            if !cfg.userxattr && !trusted_xattrs_work(&wfd) {
-                info!("trusted.* xattrs cannot be written on the upper filesystem; using user.overlay.* (userxattr)");
-                cfg.userxattr = true;
-            }
-            aufs_whiteouts =
-                aufs_whiteouts_needed(&wl, &wfd).map_err(|e| io_err("workdir", w, e))?;
-            if cfg.index {
-                let ip = w.join("index");
-                let il = Layer::open(&ip, 0, false, &reach);
-                index = Some(il.map_err(|e| io_err("workdir", &ip, e))?);
-            }
-            upper = Some(ul);
-            work = Some(wfd);
-            work_lock = Some(wl.root);
-        }
-        let mut fs_devs: Vec<u64> = Vec::new();
-        for l in upper.iter().chain(lowers.iter()) {
-            if !fs_devs.contains(&l.dev) {
-                fs_devs.push(l.dev);
-            }
-        }
-        let xino_bits = match (cfg.xino, fs_devs.len()) {
-            (_, 1) | (Xino::Off, _) => 0,
-            (_, n) => 64 - (n as u64).leading_zeros() + 1,
+        let (upper, work, index) = match open_upper(&mut cfg)? {
+            Some(p) => (Some(p.upper), Some(p.work), p.index),
+            None => (None, None, None),
         };
+        let devs = upper.iter().chain(lowers.iter()).map(|l| l.dev);
+        let inos = InoMap::new(devs, cfg.xino);
         let xn = XattrNames::new(cfg.userxattr);
         let ids = crate::idmap::IdMapper::new(&cfg);
         let override_xattr = crate::format::override_name(cfg.xattr_permissions)
@@ -166,22 +174,12 @@ impl OvlFs {
             ids,
             override_xattr,
             nodes: NodeTable::new(root),
-            files: DashMap::new(),
-            dirs: DashMap::new(),
-            next_fh: AtomicU64::new(1),
-            tmp_seq: AtomicU64::new(0),
-            copied: DashMap::new(),
-            pinned: DashMap::new(),
-            split_ids: DashMap::new(),
-            split_siblings: DashMap::new(),
-            next_split: AtomicU64::new(u64::MAX - 1),
-            aufs_whiteouts,
-            xino_bits,
-            fs_devs,
+            handles: Handles::default(),
+            inos,
+            splits: Splits::default(),
             inval_attr: std::sync::OnceLock::new(),
             inval_entry_later: std::sync::OnceLock::new(),
             rename_lock: Default::default(),
-            _work_lock: work_lock,
         })
     }
 
@@ -195,11 +193,18 @@ impl OvlFs {
     }
 
     pub fn upper(&self) -> Result<&Layer> {
-        self.upper.as_ref().ok_or(Errno(libc::EROFS))
+        self.upper.as_ref().ok_or(Errno::EROFS)
     }
 
-    pub fn work(&self) -> Result<&OwnedFd> {
-        self.work.as_ref().ok_or(Errno(libc::EROFS))
+    pub fn work(&self) -> Result<&WorkDir> {
+        self.work.as_ref().ok_or(Errno::EROFS)
+    }
+
+    /// The whiteout form of this upper (a read-only mount writes none).
+    pub fn whiteouts(&self) -> Whiteouts {
+        self.work
+            .as_ref()
+            .map_or(Whiteouts::Device, |w| w.whiteouts())
     }
 
     pub fn read_only(&self) -> bool {
@@ -207,50 +212,20 @@ impl OvlFs {
     }
 
     pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
-        self.nodes.get(ino).ok_or(Errno(libc::ENOENT))
-    }
-
-    pub fn next_fh(&self) -> u64 {
-        self.next_fh.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn new_split_id(&self) -> u64 {
-        self.next_split.fetch_sub(1, Ordering::Relaxed)
-    }
-
-    /// A fresh name for a temp object in the work dir.
-    pub fn tmp_name(&self) -> CString {
-        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        CString::new(format!("#ovl{:x}-{:x}", std::process::id(), n)).expect("no NUL")
+        self.nodes.get(ino).ok_or(Errno::ENOENT)
     }
 
     /// The kernel dropped `n` lookups of `ino`; at zero it holds no inode
     /// of that number any more.
     pub fn forget(&self, ino: u64, n: u64) {
-        let split = crate::node::is_split_id(ino)
-            .then(|| self.nodes.get(ino))
-            .flatten()
-            .map(|n| {
-                let names = n
-                    .state
-                    .read()
-                    .aliases
-                    .iter()
-                    .map(|(p, a)| (p.ino, a.clone()))
-                    .collect::<Vec<_>>();
-                (n.st_ino(), names)
-            });
-        self.nodes.forget(ino, n);
-        if let Some((st_ino, names)) = split.filter(|_| self.nodes.get(ino).is_none()) {
-            self.drop_split(ino, st_ino, &names);
-        }
-        if self.pinned.contains_key(&ino) && self.nodes.get(ino).is_none_or(|x| x.nlookup() == 0) {
-            self.pinned.remove(&ino);
+        self.forget_node(ino, n);
+        if self.inos.is_pinned(ino) && self.nodes.get(ino).is_none_or(|x| x.nlookup() == 0) {
+            self.inos.unpin(ino);
         }
     }
 
     pub fn path_of(&self, node: &Node) -> Result<Vec<u8>> {
-        node.path().ok_or(Errno(libc::ENOENT))
+        node.path().ok_or(Errno::ENOENT)
     }
 
     /// The layer and path of the object that the merged view shows: the
@@ -265,7 +240,7 @@ impl OvlFs {
             return Ok((self.upper()?, self.path_of(node)?));
         }
         let st = node.state.read();
-        let l = st.lowers.first().ok_or(Errno(libc::ENOENT))?;
+        let l = st.lowers.first().ok_or(Errno::ENOENT)?;
         // An explicit lower path holds also once the object has no name.
         let lp = match &l.path {
             Some(p) => p.to_vec(),
@@ -279,9 +254,9 @@ impl OvlFs {
         let st = node.state.read();
         if st.metacopy {
             // The last of the stack holds the data (metacopy files above it).
-            let l = st.lowers.last().ok_or(Errno(libc::EIO))?.clone();
+            let l = st.lowers.last().ok_or(Errno::EIO)?.clone();
             drop(st);
-            let lp = node.lower_path(&l).ok_or(Errno(libc::ENOENT))?;
+            let lp = node.lower_path(&l).ok_or(Errno::ENOENT)?;
             return Ok((&self.lowers[l.layer as usize], lp));
         }
         drop(st);
@@ -332,7 +307,7 @@ impl OvlFs {
                             String::from_utf8_lossy(&v),
                             layer.path.display()
                         );
-                        return errno(libc::EIO);
+                        return Err(Errno::EIO);
                     }
                     m.redirect = Some(v);
                 }
@@ -388,7 +363,7 @@ impl OvlFs {
 
     pub fn check_name(name: &OsStr) -> Result<()> {
         if name.len() > 255 {
-            return errno(libc::ENAMETOOLONG);
+            return Err(Errno::ENAMETOOLONG);
         }
         Ok(())
     }
@@ -409,106 +384,4 @@ pub struct DirMarks {
     pub opaque: bool,
     pub redirect: Option<Vec<u8>>,
     pub origin: Option<Vec<u8>>,
-}
-
-/// Creates `W/work` (and `W/index`) mode 000 like the kernel, and empties
-/// `W/work` of whatever a crash left behind.
-/// Takes the in-use lock of an upper or work dir. A daemon that was just
-/// unmounted may still be on its way out: wait a little for its lock.
-fn lock_in_use(l: &Layer, what: &str, path: &std::path::Path) -> std::result::Result<(), String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        match sys::mount::flock_exclusive(l.fd()) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(format!(
-                        "{what} {}: is in use by another ovlfuse mount (EBUSY); unmount that one first, or give this mount its own upperdir and workdir",
-                        path.display()
-                    ));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => return Err(io_err(what, path, e)),
-        }
-    }
-}
-
-fn prepare_workdir(w: &Layer, index: bool) -> io::Result<OwnedFd> {
-    for (name, want) in [(c"work", true), (c"index", index)] {
-        if !want {
-            continue;
-        }
-        // Mode 000 as the kernel makes them; an unprivileged daemon could
-        // not enter those, so it keeps them to itself with 0700.
-        let mode = if sys::geteuid() == 0 { 0 } else { 0o700 };
-        match sys::mkdirat(w.fd(), name, mode) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => sys::fchmodat(w.fd(), name, mode)?,
-            Err(e) => return Err(e),
-        }
-    }
-    let work = sys::open_beneath(w.fd(), c"work", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    clean_dir(&work)?;
-    Ok(work)
-}
-
-/// Removes everything inside an open directory, recursively.
-pub fn clean_dir(dir: &OwnedFd) -> io::Result<()> {
-    for (name, _, dtype) in sys::read_dir(dir.as_fd())? {
-        let c = sys::cstr(&name)?;
-        if dtype == libc::DT_DIR {
-            let sub = sys::open_beneath(dir.as_fd(), &c, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            clean_dir(&sub)?;
-            sys::unlinkat(dir.as_fd(), &c, libc::AT_REMOVEDIR)?;
-        } else {
-            sys::unlinkat(dir.as_fd(), &c, 0)?;
-        }
-    }
-    Ok(())
-}
-
-/// Marks a workdir whose upper holds `.wh.NAME` whiteouts, so that later
-/// mounts keep reading and writing them even where mknod would work.
-const AUFS_MARK: &CStr = c"ovlfuse-aufs-whiteouts";
-
-/// Whether whiteouts must be `.wh.NAME` files: the upper was written so
-/// before, or creating a char 0/0 device in W/work is refused (seccomp,
-/// some filesystems). Logged once, as fuse-overlayfs users expect.
-fn aufs_whiteouts_needed(w: &Layer, work: &OwnedFd) -> io::Result<bool> {
-    if sys::fstatat(w.fd(), AUFS_MARK).is_ok() {
-        info!("this upper layer holds .wh.NAME whiteouts (workdir marked so): keeping them");
-        return Ok(true);
-    }
-    let probe = c"ovlfuse-whiteout-probe";
-    match sys::mknodat(work.as_fd(), probe, libc::S_IFCHR, 0) {
-        Ok(()) => {
-            sys::unlinkat(work.as_fd(), probe, 0)?;
-            Ok(false)
-        }
-        Err(e) => {
-            info!(
-                "whiteout devices cannot be created in the upper layer ({}): using .wh.NAME files, which kernel overlayfs does not read",
-                crate::config::io_msg(&e)
-            );
-            drop(sys::openat(
-                w.fd(),
-                AUFS_MARK,
-                libc::O_CREAT | libc::O_WRONLY,
-                0o600,
-            )?);
-            Ok(true)
-        }
-    }
-}
-
-fn trusted_xattrs_work(work: &OwnedFd) -> bool {
-    let name = c"trusted.overlay.ovlfuse-probe";
-    match sys::setxattr(work.as_fd(), c"", name, b"y", 0) {
-        Ok(()) => {
-            let _ = sys::removexattr(work.as_fd(), c"", name);
-            true
-        }
-        Err(_) => false,
-    }
 }

@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::format;
 use crate::layer::join;
 use crate::node::Node;
@@ -53,7 +51,7 @@ impl OvlFs {
                         continue;
                     }
                 }
-                let ino = match self.copied.get(&ino).map(|i| *i) {
+                let ino = match self.inos.copied(ino) {
                     Some(i) => i,
                     None if impure => self
                         .origin_of_entry(&join(&path, &name), ino)
@@ -120,27 +118,15 @@ impl OvlFs {
 
     pub fn opendir(&self, node: &Arc<Node>) -> Result<u64> {
         if !node.is_dir() {
-            return crate::errno(libc::ENOTDIR);
+            return Err(crate::Errno::ENOTDIR);
         }
-        let fh = self.next_fh();
-        self.dirs.insert(
-            fh,
-            Arc::new(DirHandle {
-                node: node.clone(),
-                entries: Mutex::new(Arc::new(Vec::new())),
-            }),
-        );
-        Ok(fh)
+        Ok(self.handles.add_dir(node.clone()))
     }
 
     /// The snapshot to read from `offset` on: offset 0 takes a fresh one.
     /// Entry i of the list has offset i + 1; "." and ".." come first.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
-        let h = self
-            .dirs
-            .get(&fh)
-            .map(|h| h.clone())
-            .ok_or(crate::Errno(libc::EBADF))?;
+        let h = self.handles.dir(fh)?;
         if offset == 0 {
             let node = &h.node;
             let parent = node.parent().map(|p| p.ino).unwrap_or(node.ino);
@@ -168,16 +154,11 @@ impl OvlFs {
 
     /// The dir an open dir handle reads.
     pub fn dir_node(&self, fh: u64) -> Result<Arc<Node>> {
-        Ok(self
-            .dirs
-            .get(&fh)
-            .ok_or(crate::Errno(libc::EBADF))?
-            .node
-            .clone())
+        Ok(self.handles.dir(fh)?.node.clone())
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(&fh);
+        self.handles.release_dir(fh);
     }
 }
 

@@ -9,7 +9,7 @@ use crate::config::RedirectDir;
 use crate::dir::is_dir;
 use crate::format;
 use crate::layer::join;
-use crate::{errno, OvlFs, Result};
+use crate::{Errno, OvlFs, Result};
 
 /// What walking a redirected path through one layer found.
 pub(crate) enum Walk {
@@ -131,7 +131,7 @@ impl OvlFs {
                     String::from_utf8_lossy(path),
                     layer.path.display()
                 );
-                return errno(libc::EIO);
+                return Err(Errno::EIO);
             }
             let li = (layer.idx - 1) as u16;
             self.apply_redirect(cands, from, Some(li), &r, true);

@@ -14,9 +14,9 @@ use crate::dir::is_dir;
 use crate::format;
 use crate::layer::join;
 use crate::node::Node;
-use crate::ovl::clean_dir;
 use crate::sys::{self};
-use crate::{errno, Errno, OvlFs, Result};
+use crate::workdir::clean_dir;
+use crate::{Errno, OvlFs, Result};
 
 /// Whether `n` is `top` or lies below it.
 fn is_under(n: &Arc<Node>, top: &Arc<Node>) -> bool {
@@ -98,13 +98,13 @@ impl OvlFs {
         flags: u32,
     ) -> Result<()> {
         if self.read_only() {
-            return errno(libc::EROFS);
+            return Err(Errno::EROFS);
         }
         OvlFs::check_name(newname)?;
         if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0
             || flags == sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE
         {
-            return errno(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         // Lookups and copy-ups resolve paths like any request; the commit,
         // from the upper paths to the new aliases, runs alone.
@@ -132,19 +132,19 @@ impl OvlFs {
         let (src, sst) = self.lookup(n.parent, n.name, false)?;
         let dst = match self.lookup(n.newparent, n.newname, false) {
             Ok(d) => Some(d),
-            Err(Errno(libc::ENOENT)) => None,
+            Err(Errno::ENOENT) => None,
             Err(e) => return Err(e),
         };
         if flags & sys::RENAME_NOREPLACE != 0 && dst.is_some() {
-            return errno(libc::EEXIST);
+            return Err(Errno::EEXIST);
         }
         if exchange && dst.is_none() {
-            return errno(libc::ENOENT);
+            return Err(Errno::ENOENT);
         }
         // A dir with lower content moves only by a redirect to that content.
         let redirects = self.cfg.redirect_dir == RedirectDir::On;
         if has_lower_dir(&src) && !redirects {
-            return errno(libc::EXDEV);
+            return Err(Errno::EXDEV);
         }
         let src_redirect = match has_lower_dir(&src) {
             true => self.redirect_for(&src, n.parent, n.name, n.newparent)?,
@@ -186,22 +186,22 @@ impl OvlFs {
         if r.exchange {
             if has_lower_dir(dnode) {
                 if !redirects {
-                    return errno(libc::EXDEV);
+                    return Err(Errno::EXDEV);
                 }
                 r.dst_redirect =
                     self.redirect_for(dnode, r.n.newparent, r.n.newname, r.n.parent)?;
             }
         } else if is_dir(dst_st) {
             if !r.src_dir {
-                return errno(libc::EISDIR);
+                return Err(Errno::EISDIR);
             }
             // A pure upper target is checked by the upper rename itself,
             // after the source got its markers, as in the kernel.
             if has_lower_dir(dnode) && !self.merged_empty(dnode)? {
-                return errno(libc::ENOTEMPTY);
+                return Err(Errno::ENOTEMPTY);
             }
         } else if r.src_dir {
-            return errno(libc::ENOTDIR);
+            return Err(Errno::ENOTDIR);
         }
         Ok(true)
     }
@@ -309,7 +309,8 @@ impl OvlFs {
                     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
                     clean_dir(&sys::open_beneath(up.dpfd.as_fd(), up.dname, flags, 0)?)?;
                 }
-                self.rename_whiteout(up.spfd, up.sname, up.dpfd, up.dname, src_needs_wh)?;
+                self.work()?
+                    .rename_whiteout(up.spfd, up.sname, up.dpfd, up.dname, src_needs_wh)?;
             }
         }
         if let Some(ust) = dup.filter(|d| !format::is_whiteout(d)) {
@@ -389,7 +390,7 @@ impl OvlFs {
             let mut cur = Some(node.clone());
             while let Some(n) = cur.filter(|n| n.ino != crate::node::ROOT_INO) {
                 let st = n.state.read();
-                let (p, own) = st.aliases.first().ok_or(Errno(libc::ENOENT))?;
+                let (p, own) = st.aliases.first().ok_or(Errno::ENOENT)?;
                 match st.redirect.as_deref() {
                     Some(r) if r.first() == Some(&b'/') => {
                         parts.push(r[1..].to_vec());
@@ -409,7 +410,7 @@ impl OvlFs {
         };
         // The kernel's redirect_max: longer ones fall back to a copy (EXDEV).
         if v.len() > 256 {
-            return errno(libc::EXDEV);
+            return Err(Errno::EXDEV);
         }
         Ok(Some(v))
     }

@@ -3,17 +3,40 @@
 //! the kernel does, and FUSE names no name with those. Their ids are kept
 //! by (parent, name), and by st_ino the names of one inode.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use dashmap::DashMap;
 
 use crate::node::{self, Node};
 use crate::OvlFs;
+
+/// The split nodes' keys; only this file reads or writes them.
+pub struct Splits {
+    /// (parent node id, name) -> split node id.
+    ids: DashMap<(u64, OsString), u64>,
+    /// st_ino -> the split node ids of that inode's names.
+    siblings: DashMap<u64, Vec<u64>>,
+    /// Split ids count down from the top of the id space (node::is_split_id).
+    next: AtomicU64,
+}
+
+impl Default for Splits {
+    fn default() -> Splits {
+        Splits {
+            ids: DashMap::new(),
+            siblings: DashMap::new(),
+            next: AtomicU64::new(u64::MAX - 1),
+        }
+    }
+}
 
 impl OvlFs {
     /// The live split node (a name of a lower hard link with a node of its
     /// own) known under (parent, name).
     pub(crate) fn live_split(&self, parent: &Node, name: &OsStr, kind: u32) -> Option<u64> {
-        let id = *self.split_ids.get(&(parent.ino, name.to_os_string()))?;
+        let id = *self.splits.ids.get(&(parent.ino, name.to_os_string()))?;
         let n = self.nodes.get(id)?;
         let s = n.state.read();
         let live = n.kind == kind
@@ -29,32 +52,52 @@ impl OvlFs {
         if !node::is_split_id(node.ino) {
             return;
         }
-        self.split_ids
+        self.splits
+            .ids
             .remove_if(&(parent.ino, name.to_os_string()), |_, v| *v == node.ino);
-        self.split_ids.insert((np.ino, nn.to_os_string()), node.ino);
+        self.splits
+            .ids
+            .insert((np.ino, nn.to_os_string()), node.ino);
     }
 
     /// Files `node` (split) under its st_ino, beside the other names of
     /// its inode.
     pub(crate) fn note_split(&self, node: &Node) {
-        let mut ids = self.split_siblings.entry(node.st_ino()).or_default();
+        let mut ids = self.splits.siblings.entry(node.st_ino()).or_default();
         if !ids.contains(&node.ino) {
             ids.push(node.ino);
         }
     }
 
+    /// The kernel forgets `n` lookups of node `ino`; a split node that
+    /// leaves the table takes its keys along.
+    pub(crate) fn forget_node(&self, ino: u64, n: u64) {
+        let split = node::is_split_id(ino)
+            .then(|| self.nodes.get(ino))
+            .flatten()
+            .map(|n| {
+                let s = n.state.read();
+                let names: Vec<_> = s.aliases.iter().map(|(p, a)| (p.ino, a.clone())).collect();
+                (n.st_ino(), names)
+            });
+        self.nodes.forget(ino, n);
+        if let Some((st_ino, names)) = split.filter(|_| self.nodes.get(ino).is_none()) {
+            self.drop_split(ino, st_ino, &names);
+        }
+    }
+
     /// The split node `id` (whose st_ino was `st_ino`) is gone.
-    pub fn drop_split(&self, id: u64, st_ino: u64, names: &[(u64, std::ffi::OsString)]) {
-        self.split_siblings.remove_if_mut(&st_ino, |_, ids| {
+    fn drop_split(&self, id: u64, st_ino: u64, names: &[(u64, OsString)]) {
+        self.splits.siblings.remove_if_mut(&st_ino, |_, ids| {
             ids.retain(|&i| i != id);
             ids.is_empty()
         });
         if names.is_empty() {
             // Unlinked: its name is not known any more.
-            self.split_ids.retain(|_, v| *v != id);
+            self.splits.ids.retain(|_, v| *v != id);
         }
         for k in names {
-            self.split_ids.remove_if(k, |_, v| *v == id);
+            self.splits.ids.remove_if(k, |_, v| *v == id);
         }
     }
 
@@ -64,7 +107,8 @@ impl OvlFs {
     pub fn names_of_inode(&self, node: &Node) -> Vec<Arc<Node>> {
         let key = node.st_ino();
         let mut ids: Vec<u64> = self
-            .split_siblings
+            .splits
+            .siblings
             .get(&key)
             .map(|v| v.clone())
             .unwrap_or_default();
@@ -76,8 +120,10 @@ impl OvlFs {
     }
 
     pub(crate) fn new_split(&self, parent: &Node, name: &OsStr) -> u64 {
-        let id = self.new_split_id();
-        self.split_ids.insert((parent.ino, name.to_os_string()), id);
+        let id = self.splits.next.fetch_sub(1, Ordering::Relaxed);
+        self.splits
+            .ids
+            .insert((parent.ino, name.to_os_string()), id);
         id
     }
 }

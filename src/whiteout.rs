@@ -1,22 +1,22 @@
 //! Whiteouts in the upper layer: char 0/0 devices as the kernel makes
 //! them, or AUFS `.wh.NAME` files where the upper refuses such devices
-//! (OvlFs::aufs_whiteouts). Each helper keeps the merged view whole if it
+//! (workdir::Whiteouts). Each helper keeps the merged view whole if it
 //! is cut short: the marker goes in before the upper entry goes away.
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::copy_up::remove_tmp;
 use crate::format;
 use crate::sys;
-use crate::{OvlFs, Result};
+use crate::workdir::{Whiteouts, WorkDir};
+use crate::Result;
 
-impl OvlFs {
+impl WorkDir {
     /// A whiteout named `cname` in `pfd` where the name is free: char 0/0,
     /// or an AUFS `.wh.` file.
     pub fn create_whiteout(&self, pfd: &OwnedFd, cname: &CStr) -> Result<()> {
-        if !self.aufs_whiteouts {
+        if self.whiteouts() == Whiteouts::Device {
             return Ok(sys::mknodat(pfd.as_fd(), cname, libc::S_IFCHR, 0)?);
         }
         let wh = aufs_name(cname)?;
@@ -40,8 +40,8 @@ impl OvlFs {
     /// Replaces the upper entry `cname` of `pfd` by a whiteout (atomically
     /// with char 0/0 whiteouts).
     pub fn whiteout_over(&self, pfd: &OwnedFd, cname: &CStr, is_dir: bool) -> Result<()> {
-        let work = self.work()?;
-        if self.aufs_whiteouts {
+        let work = self.fd();
+        if self.whiteouts() == Whiteouts::Aufs {
             // Whiteout first: a crash in between leaves the upper object,
             // which still shadows the lower one.
             self.create_whiteout(pfd, cname)?;
@@ -50,18 +50,18 @@ impl OvlFs {
             }
             let tmp = self.tmp_name();
             sys::renameat2(pfd.as_fd(), cname, work.as_fd(), &tmp, 0)?;
-            remove_tmp(work, &tmp);
+            self.remove_tmp(&tmp);
             return Ok(());
         }
-        let tmp = self.make_whiteout_tmp()?;
+        let tmp = self.whiteout_tmp()?;
         let flags = if is_dir { sys::RENAME_EXCHANGE } else { 0 };
         if let Err(e) = sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), cname, flags) {
-            remove_tmp(work, &tmp);
+            self.remove_tmp(&tmp);
             return Err(e.into());
         }
         if is_dir {
             // The old dir (now at tmp) holds only whiteouts.
-            remove_tmp(work, &tmp);
+            self.remove_tmp(&tmp);
         }
         Ok(())
     }
@@ -75,7 +75,7 @@ impl OvlFs {
         dname: &CStr,
         whiteout: bool,
     ) -> Result<()> {
-        if self.aufs_whiteouts {
+        if self.whiteouts() == Whiteouts::Aufs {
             if whiteout {
                 self.create_whiteout(spfd, sname)?;
             }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use crate::copy_up::CopyUp;
 use crate::node::Node;
 use crate::sys;
-use crate::{errno, OvlFs, Result};
+use crate::{Errno, OvlFs, Result};
 
 impl OvlFs {
     pub fn getxattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<Vec<u8>> {
         self.check_xattr_name(name)?;
         if self.hidden_xattr(name) || self.cfg.noxattrs {
-            return errno(libc::ENODATA);
+            return Err(Errno::ENODATA);
         }
         let (layer, path) = self.real(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
@@ -42,14 +42,14 @@ impl OvlFs {
 
     pub fn setxattr(&self, node: &Arc<Node>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         if self.read_only() {
-            return errno(libc::EROFS);
+            return Err(Errno::EROFS);
         }
         self.check_xattr_name(name)?;
         if self.hidden_xattr(name) {
-            return errno(libc::EPERM);
+            return Err(Errno::EPERM);
         }
         if self.cfg.noxattrs {
-            return errno(libc::EOPNOTSUPP);
+            return Err(Errno::EOPNOTSUPP);
         }
         let (layer, path) = self.xattr_target(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
@@ -58,11 +58,11 @@ impl OvlFs {
 
     pub fn removexattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<()> {
         if self.read_only() {
-            return errno(libc::EROFS);
+            return Err(Errno::EROFS);
         }
         self.check_xattr_name(name)?;
         if self.hidden_xattr(name) {
-            return errno(libc::ENODATA);
+            return Err(Errno::ENODATA);
         }
         // Nothing to remove: fail without copying up.
         self.getxattr(node, name)?;
@@ -95,7 +95,7 @@ impl OvlFs {
     /// it answers EINVAL, where escaping would make it a valid name.
     fn check_xattr_name(&self, name: &OsStr) -> Result<()> {
         if name.as_bytes() == self.xn.prefix().as_bytes() {
-            return errno(libc::EINVAL);
+            return Err(Errno::EINVAL);
         }
         Ok(())
     }

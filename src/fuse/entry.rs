@@ -135,7 +135,7 @@ impl OvlFuse {
         let p = tryr!(reply, self.node(req.nodeid));
         match self.fs.lookup(&p, name, true) {
             // Node id 0: the kernel caches the absence for the entry timeout.
-            Err(Errno(libc::ENOENT)) => reply.entry(&Entry {
+            Err(Errno::ENOENT) => reply.entry(&Entry {
                 nodeid: 0,
                 generation: 0,
                 entry_ttl: self.ttl,

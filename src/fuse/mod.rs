@@ -205,7 +205,7 @@ impl Handler for OvlFuse {
         debug!(
             "destroy: {} nodes, {} open files",
             self.fs.nodes.len(),
-            self.fs.files.len()
+            self.fs.handles.file_count()
         );
     }
 }
