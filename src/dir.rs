@@ -191,6 +191,7 @@ impl OvlFs {
         obj: NewObj,
         c: Creds,
     ) -> Result<(Arc<Node>, Stat)> {
+        let _paths = self.rename_lock.paths();
         if let NewObj::Special(mode, rdev) = obj {
             // char 0/0 is the whiteout and is reserved.
             if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
@@ -311,6 +312,7 @@ impl OvlFs {
         newparent: &Arc<Node>,
         newname: &OsStr,
     ) -> Result<(Arc<Node>, Stat)> {
+        let _paths = self.rename_lock.paths();
         if node.is_dir() {
             return Err(Errno::EPERM);
         }

@@ -19,6 +19,7 @@ const MAX_DEPTH: usize = 256;
 impl OvlFs {
     /// LOOKUP "." under `ino`: the object itself, one more lookup counted.
     pub fn lookup_self(&self, ino: u64) -> Result<(Arc<Node>, Stat)> {
+        let _paths = self.rename_lock.paths();
         if let Some(n) = self.nodes.get(ino) {
             if n.state.read().dead {
                 return Err(Errno::ESTALE);
@@ -32,6 +33,7 @@ impl OvlFs {
 
     /// LOOKUP ".." under `ino` (a dir): its parent, one more lookup counted.
     pub fn lookup_parent(&self, ino: u64) -> Result<(Arc<Node>, Stat)> {
+        let _paths = self.rename_lock.paths();
         let n = self.nodes.get(ino).ok_or(Errno::ESTALE)?;
         let p = match n.state.read().aliases.first() {
             Some((p, _)) => p.clone(),

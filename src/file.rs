@@ -37,6 +37,7 @@ fn data_in_upper(node: &Node) -> bool {
 
 impl OvlFs {
     pub fn open(&self, node: &Arc<Node>, flags: i32) -> Result<u64> {
+        let _paths = self.rename_lock.paths();
         if node.is_dir() {
             return Err(Errno::EISDIR);
         }
@@ -95,6 +96,7 @@ impl OvlFs {
         flags: i32,
         c: Creds,
     ) -> Result<(Arc<Node>, Stat, u64)> {
+        let _paths = self.rename_lock.paths();
         let (node, st) = self.create_object(parent, name, NewObj::File(mode), c)?;
         let path = self.path_of(&node)?;
         let fd = self
@@ -205,6 +207,7 @@ impl OvlFs {
     /// fsync of a dir: its upper dir, if it has one (a lower one has
     /// nothing of ours to sync). Best effort, as the kernel's overlay.
     pub fn fsyncdir(&self, node: &Node) -> Result<()> {
+        let _paths = self.rename_lock.paths();
         if !node.has_upper() || !self.fsync_enabled() {
             return Ok(());
         }

@@ -47,6 +47,7 @@ impl OvlFs {
     }
 
     pub fn getattr(&self, node: &Arc<Node>, fh: Option<u64>) -> Result<Stat> {
+        let _paths = self.rename_lock.paths();
         let mut st = match self.real(node) {
             Ok((layer, path)) => match layer.stat(&path) {
                 Ok(st) => st,
@@ -88,6 +89,7 @@ impl OvlFs {
     }
 
     pub fn setattr(&self, node: &Arc<Node>, a: SetAttr) -> Result<Stat> {
+        let _paths = self.rename_lock.paths();
         if self.read_only() {
             return Err(Errno::EROFS);
         }
@@ -165,6 +167,7 @@ impl OvlFs {
     }
 
     pub fn readlink(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        let _paths = self.rename_lock.paths();
         if node.kind != libc::S_IFLNK {
             return Err(Errno::EINVAL);
         }
@@ -179,6 +182,7 @@ impl OvlFs {
 
     /// access(2) on the merged object, checked against its mode and owner.
     pub fn access(&self, node: &Arc<Node>, mask: i32, uid: u32, gid: u32) -> Result<()> {
+        let _paths = self.rename_lock.paths();
         let st = self.getattr(node, None)?;
         if mask == libc::F_OK {
             return Ok(());

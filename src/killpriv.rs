@@ -78,12 +78,14 @@ impl OvlFs {
 
     /// kill_priv for an open file handle.
     pub fn kill_priv_fh(&self, fh: u64, c: &Caller) -> crate::Result<()> {
+        let _paths = self.rename_lock.paths();
         let f = self.file(fh)?;
         self.kill_priv(&f, c)
     }
 
     /// After a truncate by path (no handle): the same on the upper file.
     pub fn kill_priv_node(&self, node: &crate::node::Node, c: &Caller) -> crate::Result<()> {
+        let _paths = self.rename_lock.paths();
         let (layer, path) = self.real(node)?;
         let mut st = layer.stat(&path)?;
         let stored_mode = st.st_mode;

@@ -545,6 +545,7 @@ impl OvlFs {
         name: &OsStr,
         count: bool,
     ) -> Result<(Arc<Node>, Stat)> {
+        let _paths = self.rename_lock.paths();
         match self.lookup_found(parent, name)? {
             Some((found, st)) => {
                 let merged_dir =

@@ -126,6 +126,7 @@ impl OvlFs {
     /// The snapshot to read from `offset` on: offset 0 takes a fresh one.
     /// Entry i of the list has offset i + 1; "." and ".." come first.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let _paths = self.rename_lock.paths();
         let h = self.handles.dir(fh)?;
         if offset == 0 {
             let node = &h.node;

@@ -9,6 +9,20 @@
 //! So requests that resolve paths hold one shard shared, and the commit
 //! step of a rename, unlink or rmdir holds every shard exclusively. Shards
 //! are picked per thread, so requests never contend with each other.
+//!
+//! Who takes it: every core entry point that builds paths takes `paths()`
+//! itself, first thing (it nests, and is free under this thread's own
+//! commit), so no FUSE handler has to. unlink, rmdir and rename take
+//! `commit()` for their last step, never while holding `paths()`.
+//!
+//! Lock order, for the whole crate (take left before right, never back):
+//!   rename lock (paths or commit)
+//!   -> Node::copy_up_lock (one at a time: a parent is copied up before
+//!      the child's is taken)
+//!   -> NodeTable shard (dashmap) -> Node::state (RwLock)
+//!   -> Ghosts slot (node.rs), WorkDir/InoMap/Handles/Splits maps (leaves).
+//! A `Node::state` guard is never held across a call that may take a
+//! table shard or another node's state (intern, forget, copy_up).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,19 +35,33 @@ pub struct RenameLock {
     shards: [RwLock<()>; SHARDS],
 }
 
-/// Held while a request resolves and uses paths.
-pub struct PathGuard<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
+/// Held while a request resolves and uses paths (empty under a commit:
+/// the committing thread already excludes every other).
+pub struct PathGuard<'a>(#[allow(dead_code)] Option<RwLockReadGuard<'a, ()>>);
 
-thread_local!(static HELD: Cell<usize> = const { Cell::new(0) });
+thread_local! {
+    /// Path guards this thread holds.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+    /// Whether this thread holds the commit.
+    static COMMITTING: Cell<bool> = const { Cell::new(false) };
+}
 
 impl Drop for PathGuard<'_> {
     fn drop(&mut self) {
-        HELD.with(|h| h.set(h.get() - 1));
+        if self.0.is_some() {
+            HELD.with(|h| h.set(h.get() - 1));
+        }
     }
 }
 
 /// Held while a rename or removal changes the upper dir and the aliases.
 pub struct RenameGuard<'a>(#[allow(dead_code)] Vec<RwLockWriteGuard<'a, ()>>);
+
+impl Drop for RenameGuard<'_> {
+    fn drop(&mut self) {
+        COMMITTING.with(|c| c.set(false));
+    }
+}
 
 fn my_shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -58,8 +86,11 @@ impl RenameLock {
     /// Recursive, so a request may nest (e.g. readdirplus into lookup)
     /// without deadlocking against a waiting rename.
     pub fn paths(&self) -> PathGuard<'_> {
+        if COMMITTING.with(|c| c.get()) {
+            return PathGuard(None);
+        }
         HELD.with(|h| h.set(h.get() + 1));
-        PathGuard(self.shards[my_shard()].read_recursive())
+        PathGuard(Some(self.shards[my_shard()].read_recursive()))
     }
 
     /// Waits for requests in flight on other paths, including copy-ups.
@@ -70,7 +101,9 @@ impl RenameLock {
             0,
             "commit under a path guard deadlocks"
         );
-        RenameGuard(self.shards.iter().map(|s| s.write()).collect())
+        let g = RenameGuard(self.shards.iter().map(|s| s.write()).collect());
+        COMMITTING.with(|c| c.set(true));
+        g
     }
 }
 
@@ -113,5 +146,20 @@ mod tests {
         });
         assert!(!saw.join().unwrap(), "a path user ran during the commit");
         t.join().unwrap();
+    }
+
+    #[test]
+    fn path_guards_nest_and_are_free_under_the_own_commit() {
+        let l = RenameLock::default();
+        {
+            let _a = l.paths();
+            let _b = l.paths();
+        }
+        let c = l.commit();
+        // Would deadlock if it took a shard the commit holds.
+        drop(l.paths());
+        drop(c);
+        let _g = l.paths();
+        assert_eq!(HELD.with(|h| h.get()), 1);
     }
 }

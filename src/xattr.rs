@@ -12,6 +12,7 @@ use crate::{Errno, OvlFs, Result};
 
 impl OvlFs {
     pub fn getxattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<Vec<u8>> {
+        let _paths = self.rename_lock.paths();
         self.check_xattr_name(name)?;
         if self.hidden_xattr(name) || self.cfg.noxattrs {
             return Err(Errno::ENODATA);
@@ -23,6 +24,7 @@ impl OvlFs {
 
     /// NUL-separated list of the names a user sees.
     pub fn listxattr(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        let _paths = self.rename_lock.paths();
         if self.cfg.noxattrs {
             return Ok(Vec::new());
         }
@@ -41,6 +43,7 @@ impl OvlFs {
     }
 
     pub fn setxattr(&self, node: &Arc<Node>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let _paths = self.rename_lock.paths();
         if self.read_only() {
             return Err(Errno::EROFS);
         }
@@ -57,6 +60,7 @@ impl OvlFs {
     }
 
     pub fn removexattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<()> {
+        let _paths = self.rename_lock.paths();
         if self.read_only() {
             return Err(Errno::EROFS);
         }
@@ -83,6 +87,7 @@ impl OvlFs {
 
     /// Whether a dir has a default POSIX ACL (its upper, else its lower).
     pub fn has_default_acl(&self, dir: &Node) -> bool {
+        let _paths = self.rename_lock.paths();
         let Ok((layer, path)) = self.real(dir) else {
             return false;
         };

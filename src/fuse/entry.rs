@@ -40,7 +40,6 @@ impl OvlFuse {
                 rdev,
                 umask,
             } => {
-                let _paths = self.fs.rename_lock.paths();
                 let p = tryr!(reply, self.node(req.nodeid));
                 let mode = self.acl_mode(&p, *mode, *umask);
                 let obj = if mode & libc::S_IFMT == libc::S_IFREG {
@@ -51,19 +50,16 @@ impl OvlFuse {
                 self.reply_entry(reply, self.fs.create_object(&p, name, obj, creds(req)))
             }
             Op::Mkdir { name, mode, umask } => {
-                let _paths = self.fs.rename_lock.paths();
                 let p = tryr!(reply, self.node(req.nodeid));
                 let obj = NewObj::Dir(self.acl_mode(&p, *mode, *umask));
                 self.reply_entry(reply, self.fs.create_object(&p, name, obj, creds(req)))
             }
             Op::Symlink { name, target } => {
-                let _paths = self.fs.rename_lock.paths();
                 let p = tryr!(reply, self.node(req.nodeid));
                 let t = tryr!(reply, sys::cstr(target).map_err(Errno::from));
                 let obj = NewObj::Symlink(&t);
                 self.reply_entry(reply, self.fs.create_object(&p, name, obj, creds(req)))
             }
-            // unlink, rmdir and rename take the rename lock themselves.
             Op::Unlink { name } => {
                 let p = tryr!(reply, self.node(req.nodeid));
                 tryr!(reply, self.fs.unlink(&p, name));
@@ -86,7 +82,6 @@ impl OvlFuse {
                 reply.ok()
             }
             Op::Link { oldnodeid, newname } => {
-                let _paths = self.fs.rename_lock.paths();
                 let n = tryr!(reply, self.node(*oldnodeid));
                 let np = tryr!(reply, self.node(req.nodeid));
                 self.reply_entry(reply, self.fs.link(&n, &np, newname))
@@ -97,7 +92,6 @@ impl OvlFuse {
     }
 
     fn handle_xattr(&self, req: &Request, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(req.nodeid));
         match &req.op {
             Op::Setxattr { name, value, flags } => {
@@ -125,7 +119,6 @@ impl OvlFuse {
     }
 
     fn lookup(&self, req: &Request, name: &OsStr, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         // Sent only to decode file handles (FUSE_EXPORT_SUPPORT).
         match name.as_bytes() {
             b"." => return self.reply_entry(reply, self.fs.lookup_self(req.nodeid)),
@@ -147,14 +140,12 @@ impl OvlFuse {
     }
 
     fn getattr(&self, req: &Request, fh: Option<u64>, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(req.nodeid));
         let st = tryr!(reply, self.fs.getattr(&n, fh));
         reply.attr(self.attr_ttl(&n), &attr(&st))
     }
 
     fn setattr(&self, req: &Request, a: &SetattrIn, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(req.nodeid));
         let set = SetAttr {
             mode: a.mode,
@@ -181,7 +172,6 @@ impl OvlFuse {
     }
 
     fn readlink(&self, req: &Request, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(req.nodeid));
         let t = tryr!(reply, self.fs.readlink(&n));
         reply.data(&t)

@@ -27,7 +27,6 @@ impl OvlFuse {
     }
 
     pub(super) fn open(&self, req: &Request, flags: u32, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(req.nodeid));
         let fh = tryr!(reply, self.fs.open(&n, flags as i32));
         let b = self.start_io(n.ino, fh, |fd| reply.open_backing(fd));
@@ -43,7 +42,6 @@ impl OvlFuse {
         flags: u32,
         reply: Reply,
     ) {
-        let _paths = self.fs.rename_lock.paths();
         let p = tryr!(reply, self.node(req.nodeid));
         let mode = self.acl_mode(&p, mode, umask);
         let r = self.fs.create(&p, name, mode, flags as i32, creds(req));
@@ -122,14 +120,12 @@ impl OvlFuse {
     }
 
     pub(super) fn fsyncdir(&self, req: &Request, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         let n = tryr!(reply, self.node(req.nodeid));
         tryr!(reply, self.fs.fsyncdir(&n));
         reply.ok()
     }
 
     pub(super) fn readdir(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         let entries = tryr!(reply, self.fs.readdir(fh, offset));
         let mut buf = DirBuf::new(size);
         for (i, en) in entries.iter().enumerate().skip(offset as usize) {
@@ -144,7 +140,6 @@ impl OvlFuse {
     /// attributes come along; d_ino is the st_ino that stat reports, also
     /// where the node id differs (a name of a lower hard link).
     pub(super) fn readdirplus(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
-        let _paths = self.fs.rename_lock.paths();
         let entries = tryr!(reply, self.fs.readdir(fh, offset));
         let dir = tryr!(reply, self.fs.dir_node(fh));
         let mut buf = DirBuf::new(size);
