@@ -233,26 +233,24 @@ impl OvlFs {
             .index
             .as_ref()
             .map(|(ix, n)| (ix, CString::new(n.as_str()).expect("hex")));
-        let res = self
-            .build_copy(c.node, c.lower, &c.lpath, &c.st, work, &tmp, c.how)
-            .and_then(|()| {
-                if let Some(f) = &c.fh {
-                    sys::setxattr(work.as_fd(), &tmp, &self.xn.origin, &f.encode(), 0)?;
-                }
-                if c.meta {
-                    sys::setxattr(work.as_fd(), &tmp, &self.xn.metacopy, b"", 0)?;
-                }
-                if let Some((ix, iname)) = &index_c {
-                    // After the link and the rename the upper inode has 2 links.
-                    let v = crate::format::format_nlink(c.st.st_nlink as i64 - 2);
-                    sys::setxattr(work.as_fd(), &tmp, &self.xn.nlink, &v, 0)?;
-                    sys::linkat(work.as_fd(), &tmp, ix.fd(), iname, 0)?;
-                }
-                let ino = sys::fstatat(work.as_fd(), &tmp)?.st_ino;
-                let flags = sys::RENAME_NOREPLACE;
-                sys::renameat2(work.as_fd(), &tmp, c.pfd.as_fd(), &c.name, flags)?;
-                Ok(ino)
-            });
+        let res = self.build_copy(c, work, &tmp).and_then(|()| {
+            if let Some(f) = &c.fh {
+                sys::setxattr(work.as_fd(), &tmp, &self.xn.origin, &f.encode(), 0)?;
+            }
+            if c.meta {
+                sys::setxattr(work.as_fd(), &tmp, &self.xn.metacopy, b"", 0)?;
+            }
+            if let Some((ix, iname)) = &index_c {
+                // After the link and the rename the upper inode has 2 links.
+                let v = crate::format::format_nlink(c.st.st_nlink as i64 - 2);
+                sys::setxattr(work.as_fd(), &tmp, &self.xn.nlink, &v, 0)?;
+                sys::linkat(work.as_fd(), &tmp, ix.fd(), iname, 0)?;
+            }
+            let ino = sys::fstatat(work.as_fd(), &tmp)?.st_ino;
+            let flags = sys::RENAME_NOREPLACE;
+            sys::renameat2(work.as_fd(), &tmp, c.pfd.as_fd(), &c.name, flags)?;
+            Ok(ino)
+        });
         if res.is_err() {
             wd.remove_tmp(&tmp);
             if let Some((ix, iname)) = &index_c {
@@ -434,17 +432,10 @@ impl OvlFs {
         Err(Errno::EIO)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn build_copy(
-        &self,
-        node: &Node,
-        lower: &Layer,
-        lpath: &[u8],
-        st: &Stat,
-        work: &OwnedFd,
-        tmp: &CStr,
-        how: CopyUp,
-    ) -> Result<()> {
+    /// The copy of `c`'s object as `tmp` in the work dir: data (unless
+    /// metacopy), owner, mode, xattrs and times.
+    fn build_copy(&self, c: &CopyUpCtx, work: &OwnedFd, tmp: &CStr) -> Result<()> {
+        let (node, lower, lpath, st, how) = (c.node, c.lower, &c.lpath[..], &c.st, c.how);
         let w = work.as_fd();
         let kind = st.st_mode & libc::S_IFMT;
         match kind {

@@ -9,7 +9,7 @@ use crate::copy_up::CopyUp;
 use crate::format;
 use crate::layer::{join, to_c};
 use crate::node::{Found, Node};
-use crate::sys::{self, Stat};
+use crate::sys::{self, is_dir, Stat};
 use crate::workdir::{clean_dir, Whiteouts};
 use crate::{Errno, OvlFs, Result};
 
@@ -27,17 +27,6 @@ pub enum NewObj<'a> {
     File(u32),
     Special(u32, u64),
     Symlink(&'a CStr),
-}
-
-/// A removed object held open until the kernel forgets it (pin_removed).
-pub(crate) struct Pin {
-    fd: OwnedFd,
-    /// A regular file nobody has open: its data goes at once.
-    truncate: bool,
-}
-
-pub(crate) fn is_dir(st: &Stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 /// What a new name goes over in the upper.
@@ -390,7 +379,21 @@ impl OvlFs {
         // As in rename: the switch of the name to a whiteout (or nothing)
         // and the alias removal run alone, or a request on this node could
         // open the whiteout by its old path.
-        let paths = self.rename_lock.paths();
+        let c = {
+            let _paths = self.rename_lock.paths();
+            self.remove_prepare(parent, name, want_dir)?
+        };
+        let _commit = self.rename_lock.commit();
+        self.remove_commit(parent, name, &c)
+    }
+
+    /// The checks and copy-ups a removal needs, under the path lock.
+    fn remove_prepare(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        want_dir: bool,
+    ) -> Result<RemoveCtx> {
         let (node, st) = self.lookup(parent, name, false)?;
         match (want_dir, is_dir(&st)) {
             (false, true) => return Err(Errno::EISDIR),
@@ -422,56 +425,54 @@ impl OvlFs {
         if in_upper && !want_dir && node.alias_count() > 1 && indexed.is_none() {
             // Other names may still be lower-only: give one of them the upper
             // inode first, so the data survives this unlink.
-            let others: Vec<_> = node
+            let other = node
                 .state
                 .read()
                 .aliases
                 .iter()
-                .filter(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name))
-                .cloned()
-                .collect();
-            if let Some((op, on)) = others.first() {
-                self.copy_up_name(&node, op, on, CopyUp::Meta)?;
+                .find(|(p, n)| !(Arc::ptr_eq(p, parent) && n == name))
+                .cloned();
+            if let Some((op, on)) = other {
+                self.copy_up_name(&node, &op, &on, CopyUp::Meta)?;
             }
         }
-        drop(paths);
-        let _commit = self.rename_lock.commit();
+        Ok(RemoveCtx {
+            node,
+            st,
+            want_dir,
+            needs_whiteout,
+            merged,
+            in_upper,
+            indexed,
+        })
+    }
+
+    /// Swaps the name for a whiteout (or nothing) and drops the alias,
+    /// alone under the commit lock.
+    fn remove_commit(&self, parent: &Arc<Node>, name: &OsStr, c: &RemoveCtx) -> Result<()> {
         let path = join(&self.path_of(parent)?, name);
         let (pfd, cname) = self.upper_parent(&path)?;
-        let upper_st = match in_upper {
+        let upper_st = match c.in_upper {
             true => self.upper()?.try_stat(&path)?,
             false => None,
         };
         let pin = upper_st
             .as_ref()
-            .and_then(|u| self.pin_removed(&node, &pfd, &cname, u));
-        if in_upper {
-            if needs_whiteout {
-                self.work()?.whiteout_over(&pfd, &cname, want_dir)?;
-            } else if want_dir {
-                match sys::unlinkat(pfd.as_fd(), &cname, libc::AT_REMOVEDIR) {
-                    // Merged-empty: what is left are whiteouts.
-                    Err(e) if merged && e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-                        clean_dir(&sys::open_beneath(pfd.as_fd(), &cname, flags, 0)?)?;
-                        sys::unlinkat(pfd.as_fd(), &cname, libc::AT_REMOVEDIR)?;
-                    }
-                    r => r?,
-                }
-            } else {
-                sys::unlinkat(pfd.as_fd(), &cname, 0)?;
-            }
-        } else {
-            self.work()?.create_whiteout(&pfd, &cname)?;
+            .and_then(|u| self.inos.pin_removed(&c.node, &pfd, &cname, u));
+        match (c.in_upper, c.needs_whiteout) {
+            (true, true) => self.work()?.whiteout_over(&pfd, &cname, c.want_dir)?,
+            (true, false) => remove_upper(&pfd, &cname, c.want_dir, c.merged)?,
+            (false, _) => self.work()?.create_whiteout(&pfd, &cname)?,
         }
         if let Some(ust) = upper_st {
-            self.forget_upper_ino(&ust);
+            self.inos.forget_upper(&ust);
         }
-        self.keep_pin(&node, pin);
-        if let Some(n) = indexed {
-            self.store_nlink(&node, n.saturating_sub(1))?;
+        self.inos.keep_pin(&c.node, pin);
+        if let Some(n) = c.indexed {
+            self.store_nlink(&c.node, n.saturating_sub(1))?;
         }
-        self.detach(&node, parent, name, want_dir || st.st_nlink <= 1);
+        let last_link = c.want_dir || c.st.st_nlink <= 1;
+        self.detach(&c.node, parent, name, last_link);
         Ok(())
     }
 
@@ -505,60 +506,34 @@ impl OvlFs {
         }
         Ok(())
     }
+}
 
-    /// Holds a pure upper object that is about to lose its last name while
-    /// the kernel still holds its overlay inode, so that the inode number
-    /// stays taken until the kernel forgets it. Otherwise a new object could
-    /// get the number, and the kernel would retire its old inode: requests
-    /// still under way on it would fail with EIO. An open file already
-    /// holds it; an unopened regular file is held by a writable fd and
-    /// truncated once unlinked (keep_pin), so its space is freed at once.
-    pub(crate) fn pin_removed(
-        &self,
-        node: &Node,
-        pfd: &OwnedFd,
-        name: &CStr,
-        ust: &Stat,
-    ) -> Option<Pin> {
-        let last = is_dir(ust) || ust.st_nlink <= 1;
-        if !last || format::is_whiteout(ust) || node.nlookup() == 0 {
-            return None;
-        }
-        // A copied-up file's number is the lower's, never reused, and its
-        // open files answer fstat; other objects stay held for fstat of
-        // an fd the kernel opened itself (fifos, devices, dirs).
-        let reg = ust.st_mode & libc::S_IFMT == libc::S_IFREG;
-        if self.map_ino(0, ust) != node.st_ino() && reg {
-            return None;
-        }
-        // Open files may keep reading it: then it is kept whole, as the
-        // kernel keeps an unlinked file that is open.
-        let open = node.opens.load(std::sync::atomic::Ordering::Acquire) > 0;
-        let truncate = ust.st_mode & libc::S_IFMT == libc::S_IFREG && !open;
-        let flags = match truncate {
-            true => libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW,
-            false => libc::O_PATH | libc::O_NOFOLLOW,
-        };
-        let fd = sys::open_beneath(pfd.as_fd(), name, flags, 0).ok()?;
-        Some(Pin { fd, truncate })
+/// What a removal learned before its commit (the kernel's ovl_do_remove).
+struct RemoveCtx {
+    node: Arc<Node>,
+    st: Stat,
+    want_dir: bool,
+    /// A lower object of the name shows once the upper one goes.
+    needs_whiteout: bool,
+    /// A dir with lower parts: what is left in its upper are whiteouts.
+    merged: bool,
+    in_upper: bool,
+    /// The nlink the index keeps for it, if indexed.
+    indexed: Option<u32>,
+}
+
+/// Removes a pure upper entry that leaves no whiteout.
+fn remove_upper(pfd: &OwnedFd, cname: &CStr, dir: bool, merged: bool) -> Result<()> {
+    if !dir {
+        return Ok(sys::unlinkat(pfd.as_fd(), cname, 0)?);
     }
-
-    /// After the removal: keeps the pin until the kernel forgets the node.
-    pub(crate) fn keep_pin(&self, node: &Node, pin: Option<Pin>) {
-        if let Some(p) = pin {
-            if p.truncate {
-                // Nobody has it open (checked under the rename lock).
-                let _ = sys::ftruncate(p.fd.as_fd(), 0);
-            }
-            self.inos.pin(node.ino, p.fd);
+    match sys::unlinkat(pfd.as_fd(), cname, libc::AT_REMOVEDIR) {
+        // Merged-empty: what is left are whiteouts.
+        Err(e) if merged && e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+            clean_dir(&sys::open_beneath(pfd.as_fd(), cname, flags, 0)?)?;
+            Ok(sys::unlinkat(pfd.as_fd(), cname, libc::AT_REMOVEDIR)?)
         }
-    }
-
-    /// The upper inode behind `st` lost a name: once it is gone its number
-    /// may be reused, so it must no longer map to the old overlay inode.
-    pub(crate) fn forget_upper_ino(&self, st: &Stat) {
-        if is_dir(st) || st.st_nlink <= 1 {
-            self.inos.forget_copied(st.st_ino);
-        }
+        r => Ok(r?),
     }
 }

@@ -50,7 +50,7 @@ impl OvlFs {
                 continue;
             };
             let st = sys::fstat(fd.as_fd()).ok()?;
-            let dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            let dir = crate::sys::is_dir(&st);
             if !dir && !indexed && st.st_nlink > 1 {
                 return None;
             }
@@ -101,7 +101,7 @@ impl OvlFs {
         let Some(index) = self.index_layer() else {
             return Ok(None);
         };
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR || st.st_nlink < 2 {
+        if crate::sys::is_dir(st) || st.st_nlink < 2 {
             return Ok(None);
         }
         let Some(fh) = self.lower_fh(layer, path) else {

@@ -3,12 +3,23 @@
 //! copied up this mount keep, and removed objects pinned open so that
 //! their numbers are not reused while the kernel still knows them.
 
+use std::ffi::CStr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
 
 use dashmap::DashMap;
 
 use crate::config::Xino;
-use crate::sys::{self, Stat};
+use crate::format;
+use crate::node::Node;
+use crate::sys::{self, is_dir, Stat};
+
+/// A removed object held open until the kernel forgets it (pin_removed).
+pub struct Pin {
+    fd: OwnedFd,
+    /// A regular file nobody has open: its data goes at once.
+    truncate: bool,
+}
 
 pub struct InoMap {
     /// High bits used for the layer's fs index when layers span filesystems.
@@ -88,5 +99,55 @@ impl InoMap {
 
     pub fn unpin(&self, id: u64) {
         self.pinned.remove(&id);
+    }
+
+    /// Holds a pure upper object that is about to lose its last name while
+    /// the kernel still holds its overlay inode, so that the inode number
+    /// stays taken until the kernel forgets it. Otherwise a new object could
+    /// get the number, and the kernel would retire its old inode: requests
+    /// still under way on it would fail with EIO. An open file already
+    /// holds it; an unopened regular file is held by a writable fd and
+    /// truncated once unlinked (keep_pin), so its space is freed at once.
+    pub fn pin_removed(&self, node: &Node, pfd: &OwnedFd, name: &CStr, ust: &Stat) -> Option<Pin> {
+        let last = is_dir(ust) || ust.st_nlink <= 1;
+        if !last || format::is_whiteout(ust) || node.nlookup() == 0 {
+            return None;
+        }
+        // A copied-up file's number is the lower's, never reused, and its
+        // open files answer fstat; other objects stay held for fstat of
+        // an fd the kernel opened itself (fifos, devices, dirs).
+        let reg = ust.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if self.map(ust) != node.st_ino() && reg {
+            return None;
+        }
+        // Open files may keep reading it: then it is kept whole, as the
+        // kernel keeps an unlinked file that is open.
+        let open = node.opens.load(Ordering::Acquire) > 0;
+        let truncate = ust.st_mode & libc::S_IFMT == libc::S_IFREG && !open;
+        let flags = match truncate {
+            true => libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW,
+            false => libc::O_PATH | libc::O_NOFOLLOW,
+        };
+        let fd = sys::open_beneath(pfd.as_fd(), name, flags, 0).ok()?;
+        Some(Pin { fd, truncate })
+    }
+
+    /// After the removal: keeps the pin until the kernel forgets the node.
+    pub fn keep_pin(&self, node: &Node, pin: Option<Pin>) {
+        if let Some(p) = pin {
+            if p.truncate {
+                // Nobody has it open (checked under the rename lock).
+                let _ = sys::ftruncate(p.fd.as_fd(), 0);
+            }
+            self.pin(node.ino, p.fd);
+        }
+    }
+
+    /// The upper inode behind `st` lost a name: once it is gone its number
+    /// may be reused, so it must no longer map to the old overlay inode.
+    pub fn forget_upper(&self, st: &Stat) {
+        if is_dir(st) || st.st_nlink <= 1 {
+            self.forget_copied(st.st_ino);
+        }
     }
 }

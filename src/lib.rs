@@ -97,3 +97,42 @@ impl std::fmt::Display for Errno {
 impl std::error::Error for Errno {}
 
 pub type Result<T> = std::result::Result<T, Errno>;
+
+/// Why a mount cannot be set up: the layer, its path and the cause.
+#[derive(Debug)]
+pub enum SetupError {
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
+    /// Another mount holds the upper or work dir.
+    InUse {
+        what: &'static str,
+        path: std::path::PathBuf,
+    },
+}
+
+impl SetupError {
+    pub fn io(what: &'static str, path: &std::path::Path, err: std::io::Error) -> SetupError {
+        let path = path.to_owned();
+        SetupError::Io { what, path, err }
+    }
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupError::Io { what, path, err } => {
+                write!(f, "{what} {}: {}", path.display(), crate::config::io_msg(err))
+            }
+            SetupError::InUse { what, path } => write!(
+                f,
+                "{what} {}: is in use by another ovlfuse mount (EBUSY); unmount that one first, or give this mount its own upperdir and workdir",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}

@@ -86,13 +86,7 @@ fn main() {
     // appears must unmount it, not kill the process and leave it behind.
     let sigs = sys::block_term_signals();
     if cli.version {
-        println!("ovlfuse version {}", env!("CARGO_PKG_VERSION"));
-        println!("FUSE library version ovlfuse wire (native, no libfuse)");
-        println!(
-            "using FUSE kernel interface version {}.{}",
-            ovlfuse::wire::abi::KERNEL_VERSION,
-            ovlfuse::wire::abi::KERNEL_MINOR_VERSION
-        );
+        print_version();
         return;
     }
     let mountpoint = match cli.args.last() {
@@ -100,17 +94,7 @@ fn main() {
         None => die("no mountpoint given: ovlfuse -o lowerdir=A,upperdir=U,workdir=W MOUNTPOINT"),
     };
     let source = (cli.args.len() == 2).then(|| cli.args[0].to_string_lossy().into_owned());
-    // libfuse names the subtype after the program: installed as
-    // fuse-overlayfs, the mount shows as fuse.fuse-overlayfs.
-    let prog = std::env::args_os()
-        .next()
-        .and_then(|a| {
-            Path::new(&a)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .filter(|n| !n.is_empty() && !n.contains(','))
-        .unwrap_or_else(|| "ovlfuse".into());
+    let prog = program_name();
     let fd_mount = ovlfuse::config::fd_mountpoint(&mountpoint);
     let mut cfg = Config::default();
     for o in &cli.options {
@@ -127,9 +111,77 @@ fn main() {
         .unwrap_or_else(|e| die(format!("cannot read the current directory: {e}")));
     let mnt = cfg.validate(&cwd, &mountpoint).unwrap_or_else(|e| die(e));
     sys::umask(0);
+    let (margs, acl) = mount_args(&cfg, source, prog);
+    let threads = cfg.threads;
+    let fs = Arc::new(OvlFs::new(cfg).unwrap_or_else(|e| die(e)));
+    // The mount is made and the FUSE handshake done before we detach, so the
+    // starting process returns only once the mount is live. ovlfuse mounts
+    // and unmounts itself, by the mount's identity rather than its path.
+    let made = match fd_mount {
+        Some(n) => mount::adopt(n),
+        None => mount::mount(&mnt, &margs),
+    };
+    let (dev, fmount) =
+        made.unwrap_or_else(|e| die(format!("cannot mount on {}: {e}", mnt.display())));
+    let handler = Arc::new(OvlFuse::new(fs.clone()));
+    let session = Session::new(dev, &*handler, acl, threads);
+    let session = session.unwrap_or_else(|e| {
+        fmount.unmount();
+        die(format!("cannot mount on {}: {e}", mnt.display()))
+    });
+    let send_entry_invals = connect_notifications(&fs, &session);
+    drop(fs);
+    // Paths are resolved; a daemon keeps no directory busy.
+    sys::mount::chdir_root();
+    if !(cli.foreground || cli.debug) {
+        detach();
+    }
+    // Threads start after the fork, which keeps only the calling one.
+    std::thread::spawn(send_entry_invals);
+    // SIGTERM, SIGINT, SIGHUP: unmount if the mount is still ours, then end,
+    // also when another mount namespace still holds the mount (its users
+    // then get ENOTCONN, as with libfuse).
+    std::thread::spawn(move || {
+        sys::wait_signal(&sigs);
+        fmount.unmount();
+        if !fmount.wait_gone(2000) {
+            std::process::exit(0);
+        }
+    });
+    if let Err(e) = session.run(handler) {
+        log::error!("session ended: {e}");
+        exit(1);
+    }
+}
 
+fn print_version() {
+    println!("ovlfuse version {}", env!("CARGO_PKG_VERSION"));
+    println!("FUSE library version ovlfuse wire (native, no libfuse)");
+    println!(
+        "using FUSE kernel interface version {}.{}",
+        ovlfuse::wire::abi::KERNEL_VERSION,
+        ovlfuse::wire::abi::KERNEL_MINOR_VERSION
+    );
+}
+
+/// libfuse names the subtype after the program: installed as
+/// fuse-overlayfs, the mount shows as fuse.fuse-overlayfs.
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .filter(|n| !n.is_empty() && !n.contains(','))
+        .unwrap_or_else(|| "ovlfuse".into())
+}
+
+/// The FUSE mount's flags and who may use it, from the options.
+fn mount_args(cfg: &Config, source: Option<String>, prog: String) -> (MountArgs, Acl) {
     let root = sys::geteuid() == 0;
-    let f = cfg.fuse.clone();
+    let f = &cfg.fuse;
     let margs = MountArgs {
         source: source.unwrap_or_else(|| prog.clone()),
         subtype: prog,
@@ -150,26 +202,12 @@ fn main() {
     } else {
         Acl::Owner
     };
-    let threads = cfg.threads;
+    (margs, acl)
+}
 
-    let fs = Arc::new(OvlFs::new(cfg).unwrap_or_else(|e| die(e)));
-    let core = fs.clone();
-    let foreground = cli.foreground || cli.debug;
-    // The mount is made and the FUSE handshake done before we detach, so the
-    // starting process returns only once the mount is live. ovlfuse mounts
-    // and unmounts itself, by the mount's identity rather than its path.
-    let made = match fd_mount {
-        Some(n) => mount::adopt(n),
-        None => mount::mount(&mnt, &margs),
-    };
-    let (dev, fmount) =
-        made.unwrap_or_else(|e| die(format!("cannot mount on {}: {e}", mnt.display())));
-    let handler = Arc::new(OvlFuse::new(fs));
-    let session = Session::new(dev, &*handler, acl, threads);
-    let session = session.unwrap_or_else(|e| {
-        fmount.unmount();
-        die(format!("cannot mount on {}: {e}", mnt.display()))
-    });
+/// Lets the core tell the kernel to drop cached attributes and entries;
+/// returns the loop that sends the entry invalidations, to run on a thread.
+fn connect_notifications(core: &OvlFs, session: &Session) -> impl FnOnce() + Send + 'static {
     let notifier = session.notifier();
     let _ = core.inval_attr.set(Box::new(move |ino| {
         let _ = notifier.inval_inode(ino, -1, 0);
@@ -182,38 +220,23 @@ fn main() {
         let _ = tx.lock().map(|t| t.send((parent, name.to_os_string())));
     }));
     let entry_notifier = session.notifier();
-    drop(core);
-    // Paths are resolved; a daemon keeps no directory busy.
-    sys::mount::chdir_root();
-    if !foreground {
-        match sys::fork() {
-            Ok(0) => {
-                sys::setsid();
-                sys::detach_stdio();
-                // Warnings and errors from now on go to syslog.
-                logger::to_syslog();
-            }
-            Ok(_) => sys::exit_now(0),
-            Err(e) => die(format!("cannot fork: {e}")),
-        }
-    }
-    std::thread::spawn(move || {
+    move || {
         for (parent, name) in rx {
             let _ = entry_notifier.inval_entry(parent, &name);
         }
-    });
-    // SIGTERM, SIGINT, SIGHUP: unmount if the mount is still ours, then end,
-    // also when another mount namespace still holds the mount (its users
-    // then get ENOTCONN, as with libfuse).
-    std::thread::spawn(move || {
-        sys::wait_signal(&sigs);
-        fmount.unmount();
-        if !fmount.wait_gone(2000) {
-            std::process::exit(0);
+    }
+}
+
+/// Forks into the background; the parent exits 0 (the mount is live).
+fn detach() {
+    match sys::fork() {
+        Ok(0) => {
+            sys::setsid();
+            sys::detach_stdio();
+            // Warnings and errors from now on go to syslog.
+            logger::to_syslog();
         }
-    });
-    if let Err(e) = session.run(handler) {
-        log::error!("session ended: {e}");
-        exit(1);
+        Ok(_) => sys::exit_now(0),
+        Err(e) => die(format!("cannot fork: {e}")),
     }
 }

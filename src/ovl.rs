@@ -2,10 +2,9 @@
 //! private xattr names, the node table and the open handles.
 
 use std::ffi::{CString, OsStr};
-use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use log::info;
@@ -19,7 +18,7 @@ use crate::open::Handles;
 use crate::split::Splits;
 use crate::sys;
 use crate::workdir::{lock_in_use, Whiteouts, WorkDir};
-use crate::{Errno, Result};
+use crate::{Errno, Result, SetupError};
 
 /// Asks the kernel to drop its entry (parent node id, name).
 pub type InvalEntry = Box<dyn Fn(u64, &OsStr) + Send + Sync>;
@@ -52,42 +51,6 @@ pub struct OvlFs {
     /// Keeps path resolution and rename commits apart.
     pub rename_lock: crate::rename_lock::RenameLock,
 }
-
-/// Why a mount cannot be set up: the layer, its path and the cause.
-#[derive(Debug)]
-pub enum SetupError {
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        err: io::Error,
-    },
-    /// Another mount holds the upper or work dir.
-    InUse { what: &'static str, path: PathBuf },
-}
-
-impl SetupError {
-    pub fn io(what: &'static str, path: &Path, err: io::Error) -> SetupError {
-        let path = path.to_owned();
-        SetupError::Io { what, path, err }
-    }
-}
-
-impl std::fmt::Display for SetupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SetupError::Io { what, path, err } => {
-                write!(f, "{what} {}: {}", path.display(), crate::config::io_msg(err))
-            }
-            SetupError::InUse { what, path } => write!(
-                f,
-                "{what} {}: is in use by another ovlfuse mount (EBUSY); unmount that one first, or give this mount its own upperdir and workdir",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for SetupError {}
 
 /// The upper half of a writable mount.
 struct UpperParts {
@@ -211,6 +174,11 @@ impl OvlFs {
         self.upper.is_none()
     }
 
+    /// The other nodes that are names of `node`'s inode (split.rs).
+    pub fn names_of_inode(&self, node: &Node) -> Vec<Arc<Node>> {
+        self.splits.names_of_inode(&self.nodes, node)
+    }
+
     pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
         self.nodes.get(ino).ok_or(Errno::ENOENT)
     }
@@ -218,7 +186,7 @@ impl OvlFs {
     /// The kernel dropped `n` lookups of `ino`; at zero it holds no inode
     /// of that number any more.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.forget_node(ino, n);
+        self.splits.forget(&self.nodes, ino, n);
         if self.inos.is_pinned(ino) && self.nodes.get(ino).is_none_or(|x| x.nlookup() == 0) {
             self.inos.unpin(ino);
         }

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::sync::Arc;
 
 use crate::format;
-use crate::layer::join;
+use crate::layer::{join, Layer};
 use crate::node::Node;
 pub use crate::open::{DirEntry, DirHandle};
 use crate::{OvlFs, Result};
@@ -29,37 +29,7 @@ impl OvlFs {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
         if node.has_upper() {
-            let u = self.upper()?;
-            // Children of an impure dir may carry origins: their d_ino is
-            // the origin's, as st_ino is (the kernel does the same).
-            let impure = u.try_getxattr(&path, &self.xn.impure)?.is_some();
-            let mut markers = false;
-            for (name, ino, dtype) in u.read_dir(&path)? {
-                // `.wh.` files are markers in the upper too (ovlfuse's AUFS
-                // mode, or an upper fuse-overlayfs wrote).
-                if format::is_aufs_name(&name) {
-                    if let Some(t) = format::aufs_whiteout_target(&name) {
-                        markers = true;
-                        seen.insert(t.to_os_string());
-                    }
-                    continue;
-                }
-                seen.insert(name.clone());
-                if dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
-                    let st = u.stat(&join(&path, &name))?;
-                    if format::is_whiteout(&st) {
-                        continue;
-                    }
-                }
-                let ino = match self.inos.copied(ino) {
-                    Some(i) => i,
-                    None if impure => self
-                        .origin_of_entry(&join(&path, &name), ino)
-                        .unwrap_or_else(|| self.dir_ino(0, u.dev, ino)),
-                    None => self.dir_ino(0, u.dev, ino),
-                };
-                out.push(DirEntry { name, ino, dtype });
-            }
+            let markers = self.list_upper(&path, &mut seen, &mut out)?;
             node.state.write().upper_markers = Some(markers);
         }
         for l in &lowers {
@@ -68,44 +38,93 @@ impl OvlFs {
                 Some(p) => p.to_vec(),
                 None => path.clone(),
             };
-            let entries = layer.read_dir(&lpath)?;
-            // Only a dir marked opaque=x lists its xattr whiteouts as such.
-            let xdir = !keep_xwhiteouts
-                && layer
-                    .try_getxattr(&lpath, &self.xn.opaque)?
-                    .is_some_and(|v| v == b"x");
-            let mut hidden = Vec::new();
-            for (name, ino, mut dtype) in entries {
-                if format::is_aufs_name(&name) {
-                    if let Some(t) = format::aufs_whiteout_target(&name) {
-                        hidden.push(t.to_os_string());
-                    }
-                    continue;
-                }
-                if !seen.insert(name.clone()) {
-                    continue;
-                }
-                let xcheck = xdir && dtype == libc::DT_REG;
-                if xcheck || dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
-                    let cpath = join(&lpath, &name);
-                    let st = layer.stat(&cpath)?;
-                    if format::is_whiteout(&st)
-                        || (xdir && self.is_xwhiteout(layer, &cpath, &st)?)
-                    {
-                        continue;
-                    }
-                    dtype = dtype_of(st.st_mode);
-                }
-                out.push(DirEntry {
-                    name,
-                    ino: self.dir_ino(layer.idx, layer.dev, ino),
-                    dtype,
-                });
-            }
-            seen.extend(hidden);
+            self.list_lower(layer, &lpath, keep_xwhiteouts, &mut seen, &mut out)?;
         }
-        // A name hidden by an AUFS whiteout may have been listed by a higher layer only.
         Ok(out)
+    }
+
+    /// The upper part of a listing; returns whether `.wh.` markers were
+    /// found (then lookups in the dir look for them).
+    fn list_upper(
+        &self,
+        path: &[u8],
+        seen: &mut HashSet<OsString>,
+        out: &mut Vec<DirEntry>,
+    ) -> Result<bool> {
+        let u = self.upper()?;
+        // Children of an impure dir may carry origins: their d_ino is
+        // the origin's, as st_ino is (the kernel does the same).
+        let impure = u.try_getxattr(path, &self.xn.impure)?.is_some();
+        let mut markers = false;
+        for (name, ino, dtype) in u.read_dir(path)? {
+            // `.wh.` files are markers in the upper too (ovlfuse's AUFS
+            // mode, or an upper fuse-overlayfs wrote).
+            if format::is_aufs_name(&name) {
+                if let Some(t) = format::aufs_whiteout_target(&name) {
+                    markers = true;
+                    seen.insert(t.to_os_string());
+                }
+                continue;
+            }
+            seen.insert(name.clone());
+            if (dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN)
+                && format::is_whiteout(&u.stat(&join(path, &name))?)
+            {
+                continue;
+            }
+            let ino = match self.inos.copied(ino) {
+                Some(i) => i,
+                None if impure => self
+                    .origin_of_entry(&join(path, &name), ino)
+                    .unwrap_or_else(|| self.dir_ino(0, u.dev, ino)),
+                None => self.dir_ino(0, u.dev, ino),
+            };
+            out.push(DirEntry { name, ino, dtype });
+        }
+        Ok(markers)
+    }
+
+    /// One lower's part of a listing: names not `seen` above, less its
+    /// whiteouts. Names its `.wh.` files hide are hidden only below it.
+    fn list_lower(
+        &self,
+        layer: &Layer,
+        lpath: &[u8],
+        keep_xwhiteouts: bool,
+        seen: &mut HashSet<OsString>,
+        out: &mut Vec<DirEntry>,
+    ) -> Result<()> {
+        let entries = layer.read_dir(lpath)?;
+        // Only a dir marked opaque=x lists its xattr whiteouts as such.
+        let xdir = !keep_xwhiteouts
+            && layer
+                .try_getxattr(lpath, &self.xn.opaque)?
+                .is_some_and(|v| v == b"x");
+        let mut hidden = Vec::new();
+        for (name, ino, mut dtype) in entries {
+            if format::is_aufs_name(&name) {
+                if let Some(t) = format::aufs_whiteout_target(&name) {
+                    hidden.push(t.to_os_string());
+                }
+                continue;
+            }
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let xcheck = xdir && dtype == libc::DT_REG;
+            if xcheck || dtype == libc::DT_CHR || dtype == libc::DT_UNKNOWN {
+                let cpath = join(lpath, &name);
+                let st = layer.stat(&cpath)?;
+                if format::is_whiteout(&st) || (xdir && self.is_xwhiteout(layer, &cpath, &st)?) {
+                    continue;
+                }
+                dtype = dtype_of(st.st_mode);
+            }
+            let ino = self.dir_ino(layer.idx, layer.dev, ino);
+            out.push(DirEntry { name, ino, dtype });
+        }
+        seen.extend(hidden);
+        Ok(())
     }
 
     fn dir_ino(&self, idx: usize, dev: u64, ino: u64) -> u64 {

@@ -6,9 +6,9 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::config::RedirectDir;
-use crate::dir::is_dir;
 use crate::format;
 use crate::layer::join;
+use crate::sys::is_dir;
 use crate::{Errno, OvlFs, Result};
 
 /// What walking a redirected path through one layer found.

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use crate::config::RedirectDir;
 use crate::copy_up::CopyUp;
-use crate::dir::is_dir;
 use crate::format;
 use crate::layer::join;
 use crate::node::Node;
+use crate::sys::is_dir;
 use crate::sys::{self};
 use crate::workdir::clean_dir;
 use crate::{Errno, OvlFs, Result};
@@ -275,8 +275,10 @@ impl OvlFs {
         up.exchange()?;
         r.src.rename_alias(n.parent, n.name, n.newparent, n.newname);
         d.rename_alias(n.newparent, n.newname, n.parent, n.name);
-        self.move_split(&r.src, n.parent, n.name, n.newparent, n.newname);
-        self.move_split(d, n.newparent, n.newname, n.parent, n.name);
+        self.splits
+            .moved(&r.src, n.parent, n.name, n.newparent, n.newname);
+        self.splits
+            .moved(d, n.newparent, n.newname, n.parent, n.name);
         Ok(())
     }
 
@@ -287,7 +289,7 @@ impl OvlFs {
         let src_needs_wh = self.lower_positive(n.parent, n.name)?;
         let dup = self.upper()?.try_stat(dpath)?;
         let pin = match (&r.dst, &dup) {
-            (Some((d, _)), Some(u)) => self.pin_removed(d, up.dpfd, up.dname, u),
+            (Some((d, _)), Some(u)) => self.inos.pin_removed(d, up.dpfd, up.dname, u),
             _ => None,
         };
         // Like the kernel: a pure upper dir moving into a merged dir becomes
@@ -314,10 +316,10 @@ impl OvlFs {
             }
         }
         if let Some(ust) = dup.filter(|d| !format::is_whiteout(d)) {
-            self.forget_upper_ino(&ust);
+            self.inos.forget_upper(&ust);
         }
         if let Some((d, dst_st)) = &r.dst {
-            self.keep_pin(d, pin);
+            self.inos.keep_pin(d, pin);
             // Read first: store_nlink takes the state lock for writing.
             let counted = d.state.read().nlink;
             if let Some(nl) = counted {
@@ -327,7 +329,8 @@ impl OvlFs {
             self.detach(d, n.newparent, n.newname, last);
         }
         r.src.rename_alias(n.parent, n.name, n.newparent, n.newname);
-        self.move_split(&r.src, n.parent, n.name, n.newparent, n.newname);
+        self.splits
+            .moved(&r.src, n.parent, n.name, n.newparent, n.newname);
         Ok(())
     }
 

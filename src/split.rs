@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::node::{self, Node};
-use crate::OvlFs;
+use crate::node::{self, Node, NodeTable};
 
-/// The split nodes' keys; only this file reads or writes them.
+/// The split nodes' keys, beside the node table that holds the nodes.
 pub struct Splits {
     /// (parent node id, name) -> split node id.
     ids: DashMap<(u64, OsString), u64>,
@@ -32,12 +31,12 @@ impl Default for Splits {
     }
 }
 
-impl OvlFs {
+impl Splits {
     /// The live split node (a name of a lower hard link with a node of its
     /// own) known under (parent, name).
-    pub(crate) fn live_split(&self, parent: &Node, name: &OsStr, kind: u32) -> Option<u64> {
-        let id = *self.splits.ids.get(&(parent.ino, name.to_os_string()))?;
-        let n = self.nodes.get(id)?;
+    pub fn live(&self, nodes: &NodeTable, parent: &Node, name: &OsStr, kind: u32) -> Option<u64> {
+        let id = *self.ids.get(&(parent.ino, name.to_os_string()))?;
+        let n = nodes.get(id)?;
         let s = n.state.read();
         let live = n.kind == kind
             && !s.dead
@@ -48,22 +47,19 @@ impl OvlFs {
     }
 
     /// A split node moved (rename): its name key moves with it.
-    pub fn move_split(&self, node: &Node, parent: &Node, name: &OsStr, np: &Node, nn: &OsStr) {
+    pub fn moved(&self, node: &Node, parent: &Node, name: &OsStr, np: &Node, nn: &OsStr) {
         if !node::is_split_id(node.ino) {
             return;
         }
-        self.splits
-            .ids
+        self.ids
             .remove_if(&(parent.ino, name.to_os_string()), |_, v| *v == node.ino);
-        self.splits
-            .ids
-            .insert((np.ino, nn.to_os_string()), node.ino);
+        self.ids.insert((np.ino, nn.to_os_string()), node.ino);
     }
 
     /// Files `node` (split) under its st_ino, beside the other names of
     /// its inode.
-    pub(crate) fn note_split(&self, node: &Node) {
-        let mut ids = self.splits.siblings.entry(node.st_ino()).or_default();
+    pub fn note(&self, node: &Node) {
+        let mut ids = self.siblings.entry(node.st_ino()).or_default();
         if !ids.contains(&node.ino) {
             ids.push(node.ino);
         }
@@ -71,43 +67,42 @@ impl OvlFs {
 
     /// The kernel forgets `n` lookups of node `ino`; a split node that
     /// leaves the table takes its keys along.
-    pub(crate) fn forget_node(&self, ino: u64, n: u64) {
+    pub fn forget(&self, nodes: &NodeTable, ino: u64, n: u64) {
         let split = node::is_split_id(ino)
-            .then(|| self.nodes.get(ino))
+            .then(|| nodes.get(ino))
             .flatten()
             .map(|n| {
                 let s = n.state.read();
                 let names: Vec<_> = s.aliases.iter().map(|(p, a)| (p.ino, a.clone())).collect();
                 (n.st_ino(), names)
             });
-        self.nodes.forget(ino, n);
-        if let Some((st_ino, names)) = split.filter(|_| self.nodes.get(ino).is_none()) {
+        nodes.forget(ino, n);
+        if let Some((st_ino, names)) = split.filter(|_| nodes.get(ino).is_none()) {
             self.drop_split(ino, st_ino, &names);
         }
     }
 
     /// The split node `id` (whose st_ino was `st_ino`) is gone.
     fn drop_split(&self, id: u64, st_ino: u64, names: &[(u64, OsString)]) {
-        self.splits.siblings.remove_if_mut(&st_ino, |_, ids| {
+        self.siblings.remove_if_mut(&st_ino, |_, ids| {
             ids.retain(|&i| i != id);
             ids.is_empty()
         });
         if names.is_empty() {
             // Unlinked: its name is not known any more.
-            self.splits.ids.retain(|_, v| *v != id);
+            self.ids.retain(|_, v| *v != id);
         }
         for k in names {
-            self.splits.ids.remove_if(k, |_, v| *v == id);
+            self.ids.remove_if(k, |_, v| *v == id);
         }
     }
 
     /// The other nodes that are names of `node`'s inode: the one whose id
     /// is the st_ino, and the split ones. (Not a walk of the node table:
     /// copy-ups of hard links with the index need this.)
-    pub fn names_of_inode(&self, node: &Node) -> Vec<Arc<Node>> {
+    pub fn names_of_inode(&self, nodes: &NodeTable, node: &Node) -> Vec<Arc<Node>> {
         let key = node.st_ino();
         let mut ids: Vec<u64> = self
-            .splits
             .siblings
             .get(&key)
             .map(|v| v.clone())
@@ -115,15 +110,13 @@ impl OvlFs {
         ids.push(key);
         ids.into_iter()
             .filter(|&i| i != node.ino)
-            .filter_map(|i| self.nodes.get(i))
+            .filter_map(|i| nodes.get(i))
             .collect()
     }
 
-    pub(crate) fn new_split(&self, parent: &Node, name: &OsStr) -> u64 {
-        let id = self.splits.next.fetch_sub(1, Ordering::Relaxed);
-        self.splits
-            .ids
-            .insert((parent.ino, name.to_os_string()), id);
+    pub fn new_id(&self, parent: &Node, name: &OsStr) -> u64 {
+        let id = self.next.fetch_sub(1, Ordering::Relaxed);
+        self.ids.insert((parent.ino, name.to_os_string()), id);
         id
     }
 }

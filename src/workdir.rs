@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use log::info;
 
 use crate::layer::Layer;
-use crate::ovl::SetupError;
 use crate::sys;
-use crate::Result;
+use crate::{Result, SetupError};
 
 /// How whiteouts are written in the upper (the kernel's only form is the
 /// char 0/0 device; `.wh.NAME` files where the upper refuses those).

@@ -22,6 +22,11 @@ pub use xattr::*;
 
 pub type Stat = libc::stat;
 
+/// Whether a stat is of a directory.
+pub fn is_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
 pub fn zeroed_stat() -> Stat {
     // SAFETY: stat is plain old data; all-zero is a valid value.
     unsafe { std::mem::zeroed() }

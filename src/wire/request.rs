@@ -321,6 +321,13 @@ fn parse_op(opcode: u32, mut r: Reader) -> Option<Op> {
             oldnodeid: r.u64()?,
             newname: name(r.name()?),
         },
+        _ => return parse_io_op(opcode, r),
+    })
+}
+
+/// Requests on open files and dirs.
+fn parse_io_op(opcode: u32, mut r: Reader) -> Option<Op> {
+    Some(match opcode {
         op::OPEN => Op::Open { flags: r.u32()? },
         op::OPENDIR => Op::Opendir { flags: r.u32()? },
         op::READ | op::READDIR | op::READDIRPLUS => {
@@ -341,7 +348,6 @@ fn parse_op(opcode: u32, mut r: Reader) -> Option<Op> {
                 data: data.get(..size)?,
             }
         }
-        op::STATFS => Op::Statfs,
         op::RELEASE => Op::Release { fh: r.u64()? },
         op::RELEASEDIR => Op::Releasedir { fh: r.u64()? },
         op::FSYNC | op::FSYNCDIR => {
@@ -351,30 +357,7 @@ fn parse_op(opcode: u32, mut r: Reader) -> Option<Op> {
                 _ => Op::Fsyncdir { fh, datasync },
             }
         }
-        op::SETXATTR => {
-            let (size, flags) = (r.u32()? as usize, r.u32()? as i32);
-            let n = name(r.name()?);
-            Op::Setxattr {
-                name: n,
-                flags,
-                value: r.rest().get(..size)?,
-            }
-        }
-        op::GETXATTR => {
-            let size = r.u32()?;
-            r.skip(4)?;
-            Op::Getxattr {
-                size,
-                name: name(r.name()?),
-            }
-        }
-        op::LISTXATTR => Op::Listxattr { size: r.u32()? },
-        op::REMOVEXATTR => Op::Removexattr {
-            name: name(r.name()?),
-        },
         op::FLUSH => Op::Flush { fh: r.u64()? },
-        op::INIT => parse_init(&mut r)?,
-        op::ACCESS => Op::Access { mask: r.u32()? },
         op::CREATE => {
             let (flags, mode, umask) = (r.u32()?, r.u32()?, r.u32()?);
             r.skip(4)?;
@@ -385,8 +368,6 @@ fn parse_op(opcode: u32, mut r: Reader) -> Option<Op> {
                 name: name(r.name()?),
             }
         }
-        op::INTERRUPT => Op::Interrupt,
-        op::DESTROY => Op::Destroy,
         op::FALLOCATE => Op::Fallocate {
             fh: r.u64()?,
             offset: r.u64()?,
@@ -409,6 +390,39 @@ fn parse_op(opcode: u32, mut r: Reader) -> Option<Op> {
                 len: r.u64()?,
             }
         }
+        _ => return parse_other_op(opcode, r),
+    })
+}
+
+/// xattrs, and requests about the connection itself.
+fn parse_other_op(opcode: u32, mut r: Reader) -> Option<Op> {
+    Some(match opcode {
+        op::SETXATTR => {
+            let (size, flags) = (r.u32()? as usize, r.u32()? as i32);
+            let n = name(r.name()?);
+            Op::Setxattr {
+                name: n,
+                flags,
+                value: r.rest().get(..size)?,
+            }
+        }
+        op::GETXATTR => {
+            let size = r.u32()?;
+            r.skip(4)?;
+            Op::Getxattr {
+                size,
+                name: name(r.name()?),
+            }
+        }
+        op::LISTXATTR => Op::Listxattr { size: r.u32()? },
+        op::REMOVEXATTR => Op::Removexattr {
+            name: name(r.name()?),
+        },
+        op::ACCESS => Op::Access { mask: r.u32()? },
+        op::STATFS => Op::Statfs,
+        op::INIT => parse_init(&mut r)?,
+        op::INTERRUPT => Op::Interrupt,
+        op::DESTROY => Op::Destroy,
         _ => Op::Unknown,
     })
 }

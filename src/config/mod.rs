@@ -2,8 +2,10 @@
 //! validation of the layer directories. Every error is one line for the user.
 
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod validate;
+pub use validate::{fd_mountpoint, io_msg};
 
 pub const MAX_LAYERS: usize = 500;
 
@@ -284,26 +286,39 @@ impl Config {
             Some((k, v)) => (k, Some(unquote(v))),
             None => (item, None),
         };
-        let need = |v: Option<&str>| -> Result<String, ConfigError> {
-            match v {
-                Some(v) => Ok(v.to_string()),
-                None => err(format!("option {key} needs a value: {key}=VALUE")),
-            }
-        };
+        if self.layer_option(key, val)?
+            || self.feature_option(key, val)?
+            || self.owner_option(key, val)?
+            || self.fuse_option(key)
+            || IGNORED.contains(&key)
+        {
+            return Ok(());
+        }
+        self.warnings
+            .push(format!("ovlfuse: warning: unknown option '{item}' ignored"));
+        Ok(())
+    }
+
+    /// The layers: whether `key` was one of their options.
+    fn layer_option(&mut self, key: &str, val: Option<&str>) -> Result<bool, ConfigError> {
         match key {
-            "lowerdir" => self.lowers = split_lowerdir(&need(val)?)?,
-            "lowerdir+" => self.lowers.push(LowerDir {
-                path: need(val)?.into(),
-                data_only: false,
+            "lowerdir" => self.lowers = split_lowerdir(need(key, val)?)?,
+            "lowerdir+" | "datadir+" => self.lowers.push(LowerDir {
+                path: need(key, val)?.into(),
+                data_only: key == "datadir+",
             }),
-            "datadir+" => self.lowers.push(LowerDir {
-                path: need(val)?.into(),
-                data_only: true,
-            }),
-            "upperdir" => self.upper = Some(need(val)?.into()),
-            "workdir" => self.work = Some(need(val)?.into()),
+            "upperdir" => self.upper = Some(need(key, val)?.into()),
+            "workdir" => self.work = Some(need(key, val)?.into()),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The overlay's features, as the kernel's mount options name them.
+    fn feature_option(&mut self, key: &str, val: Option<&str>) -> Result<bool, ConfigError> {
+        match key {
             "redirect_dir" => {
-                self.redirect_dir = match need(val)?.as_str() {
+                self.redirect_dir = match need(key, val)? {
                     "on" => RedirectDir::On,
                     "follow" => RedirectDir::Follow,
                     "nofollow" => RedirectDir::NoFollow,
@@ -315,10 +330,10 @@ impl Config {
                     }
                 }
             }
-            "index" => self.index = parse_bool(key, &need(val)?)?,
-            "metacopy" => self.metacopy = parse_bool(key, &need(val)?)?,
+            "index" => self.index = parse_bool(key, need(key, val)?)?,
+            "metacopy" => self.metacopy = parse_bool(key, need(key, val)?)?,
             "xino" => {
-                self.xino = match need(val)?.as_str() {
+                self.xino = match need(key, val)? {
                     "on" => Xino::On,
                     "off" => Xino::Off,
                     "auto" => Xino::Auto,
@@ -327,17 +342,39 @@ impl Config {
             }
             "userxattr" => self.userxattr = true,
             "volatile" => self.fsync = false,
-            "fsync" => self.fsync = parse_bool(key, &need(val)?)?,
-            "uidmapping" => self.uidmap = parse_idmap(key, &need(val)?)?,
-            "gidmapping" => self.gidmap = parse_idmap(key, &need(val)?)?,
+            "fsync" => self.fsync = parse_bool(key, need(key, val)?)?,
+            "timeout" => {
+                let v = need(key, val)?;
+                self.timeout = match v.parse::<f64>() {
+                    Ok(t) if t >= 0.0 && t.is_finite() => t,
+                    _ => return err(format!("timeout={v}: expected a number of seconds >= 0")),
+                }
+            }
+            "threads" => {
+                let v = need(key, val)?;
+                self.threads = match v.parse::<usize>() {
+                    Ok(n) if (1..=256).contains(&n) => n,
+                    _ => return err(format!("threads={v}: expected a number from 1 to 256")),
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// fuse-overlayfs's options for owners, modes and xattrs.
+    fn owner_option(&mut self, key: &str, val: Option<&str>) -> Result<bool, ConfigError> {
+        match key {
+            "uidmapping" => self.uidmap = parse_idmap(key, need(key, val)?)?,
+            "gidmapping" => self.gidmap = parse_idmap(key, need(key, val)?)?,
             "squash_to_root" => {
                 self.squash_uid = Some(0);
                 self.squash_gid = Some(0);
             }
-            "squash_to_uid" => self.squash_uid = Some(parse_u32(key, &need(val)?)?),
-            "squash_to_gid" => self.squash_gid = Some(parse_u32(key, &need(val)?)?),
+            "squash_to_uid" => self.squash_uid = Some(parse_u32(key, need(key, val)?)?),
+            "squash_to_gid" => self.squash_gid = Some(parse_u32(key, need(key, val)?)?),
             "xattr_permissions" => {
-                self.xattr_permissions = match need(val)?.as_str() {
+                self.xattr_permissions = match need(key, val)? {
                     "0" => 0,
                     "1" => 1,
                     "2" => 2,
@@ -347,176 +384,51 @@ impl Config {
             "static_nlink" => self.static_nlink = true,
             "noxattrs" => self.noxattrs = val.map(|v| v != "0").unwrap_or(true),
             "noacl" => self.noacl = true,
-            "timeout" => {
-                let v = need(val)?;
-                self.timeout = match v.parse::<f64>() {
-                    Ok(t) if t >= 0.0 && t.is_finite() => t,
-                    _ => return err(format!("timeout={v}: expected a number of seconds >= 0")),
-                }
-            }
-            "threads" => {
-                let v = need(val)?;
-                self.threads = match v.parse::<usize>() {
-                    Ok(n) if (1..=256).contains(&n) => n,
-                    _ => return err(format!("threads={v}: expected a number from 1 to 256")),
-                }
-            }
-            "ro" => self.fuse.ro = true,
-            "rw" => self.fuse.ro = false,
-            "allow_other" => self.fuse.allow_other = true,
-            "allow_root" => self.fuse.allow_root = true,
-            "default_permissions" => self.fuse.default_permissions = true,
-            "suid" => self.fuse.nosuid = Some(false),
-            "nosuid" => self.fuse.nosuid = Some(true),
-            "dev" => self.fuse.nodev = Some(false),
-            "nodev" => self.fuse.nodev = Some(true),
-            "exec" => self.fuse.noexec = false,
-            "noexec" => self.fuse.noexec = true,
-            "atime" | "relatime" => self.fuse.atime = Atime::Relative,
-            "noatime" => self.fuse.atime = Atime::Never,
-            "strictatime" | "norelatime" => self.fuse.atime = Atime::Strict,
-            "nodiratime" => self.fuse.nodiratime = true,
-            "diratime" => self.fuse.nodiratime = false,
-            // Accepted for compatibility with fuse-overlayfs; nothing to do.
-            "threaded" | "writeback" | "plugins" | "fast_ino" | "context" | "fscontext"
-            | "defcontext" | "rootcontext" | "debug" | "auto_unmount" | "nonempty" | "sync"
-            | "async" | "dirsync" | "_netdev" | "nofail" | "auto" | "noauto" | "user" | "users"
-            | "owner" | "defaults" | "nfs_export" | "max_read" | "max_write" => {}
-            _ => self
-                .warnings
-                .push(format!("ovlfuse: warning: unknown option '{item}' ignored")),
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Resolves relative paths against `cwd` and checks the layers as the
-    /// kernel would, before anything is mounted.
-    pub fn validate(&mut self, cwd: &Path, mountpoint: &Path) -> Result<PathBuf, ConfigError> {
-        if self.lowers.is_empty() {
-            return err("no lowerdir given: add -o lowerdir=DIR[:DIR...]");
+    /// Flags of the FUSE mount itself, as mount(8) spells them.
+    fn fuse_option(&mut self, key: &str) -> bool {
+        let f = &mut self.fuse;
+        match key {
+            "ro" => f.ro = true,
+            "rw" => f.ro = false,
+            "allow_other" => f.allow_other = true,
+            "allow_root" => f.allow_root = true,
+            "default_permissions" => f.default_permissions = true,
+            "suid" => f.nosuid = Some(false),
+            "nosuid" => f.nosuid = Some(true),
+            "dev" => f.nodev = Some(false),
+            "nodev" => f.nodev = Some(true),
+            "exec" => f.noexec = false,
+            "noexec" => f.noexec = true,
+            "atime" | "relatime" => f.atime = Atime::Relative,
+            "noatime" => f.atime = Atime::Never,
+            "strictatime" | "norelatime" => f.atime = Atime::Strict,
+            "nodiratime" => f.nodiratime = true,
+            "diratime" => f.nodiratime = false,
+            _ => return false,
         }
-        if self.lowers.iter().all(|l| l.data_only) {
-            return err("every lowerdir is data-only: at least one normal lower layer is needed");
-        }
-        if self.lowers.len() > MAX_LAYERS {
-            return err(format!(
-                "{} lower layers given; at most {MAX_LAYERS} are supported",
-                self.lowers.len()
-            ));
-        }
-        match (&self.upper, &self.work) {
-            (Some(_), None) => {
-                return err(
-                    "upperdir given without workdir: add -o workdir=DIR on the upper's filesystem",
-                )
-            }
-            (None, Some(_)) => {
-                return err("workdir given without upperdir: add -o upperdir=DIR or drop workdir")
-            }
-            _ => {}
-        }
-        if self.metacopy && matches!(self.redirect_dir, RedirectDir::Off | RedirectDir::NoFollow) {
-            return err("metacopy=on needs redirect_dir=on or follow: drop one of the two options");
-        }
-        // `/dev/fd/N`: a connection mounted by a helper; no dir to check.
-        let mnt = match fd_mountpoint(mountpoint) {
-            Some(_) => mountpoint.to_path_buf(),
-            None => canonical_dir(cwd, mountpoint, "mountpoint")?,
-        };
-        for l in &mut self.lowers {
-            l.path = canonical_dir(cwd, &l.path, "lowerdir")?;
-            if l.path.starts_with(&mnt) {
-                return err(format!(
-                    "lowerdir {}: is inside the mountpoint {}; use a layer outside it",
-                    l.path.display(),
-                    mnt.display()
-                ));
-            }
-        }
-        if let (Some(u), Some(w)) = (self.upper.clone(), self.work.clone()) {
-            let u = canonical_dir(cwd, &u, "upperdir")?;
-            let w = canonical_dir(cwd, &w, "workdir")?;
-            if u.starts_with(&mnt) {
-                return err(format!(
-                    "upperdir {}: is inside the mountpoint {}; use a directory outside it",
-                    u.display(),
-                    mnt.display()
-                ));
-            }
-            if w.starts_with(&u) || u.starts_with(&w) {
-                return err(format!("workdir {} and upperdir {} overlap; give them separate directories on one filesystem", w.display(), u.display()));
-            }
-            if let Some(l) = self
-                .lowers
-                .iter()
-                .find(|l| l.path == u || l.path.starts_with(&u) || u.starts_with(&l.path))
-            {
-                return err(format!(
-                    "upperdir {} overlaps lowerdir {}; the upper must not be (inside) a lower",
-                    u.display(),
-                    l.path.display()
-                ));
-            }
-            if let Some(l) = self.lowers.iter().find(|l| w.starts_with(&l.path)) {
-                return err(format!(
-                    "workdir {}: is inside lowerdir {}; put it next to the upperdir",
-                    w.display(),
-                    l.path.display()
-                ));
-            }
-            let ud = std::fs::metadata(&u).map(|m| m.dev()).unwrap_or(0);
-            let wd = std::fs::metadata(&w).map(|m| m.dev()).unwrap_or(1);
-            if ud != wd {
-                return err(format!("workdir {} is not on the same filesystem as upperdir {}; put it next to the upperdir", w.display(), u.display()));
-            }
-            if let Ok(acc) = std::fs::metadata(&u).map(|m| m.permissions()) {
-                if acc.readonly() && crate::sys::geteuid() != 0 {
-                    return err(format!("upperdir {}: is not writable", u.display()));
-                }
-            }
-            self.upper = Some(u);
-            self.work = Some(w);
-        }
-        Ok(mnt)
+        true
     }
 }
 
-/// `/dev/fd/N` as a mountpoint: libfuse's convention for a connection that a
-/// privileged helper mounted and passes as fd N.
-pub fn fd_mountpoint(p: &Path) -> Option<i32> {
-    p.to_str()?.strip_prefix("/dev/fd/")?.parse().ok()
-}
+/// Accepted for compatibility with fuse-overlayfs and mount(8); nothing to do.
+#[rustfmt::skip]
+const IGNORED: &[&str] = &[
+    "threaded", "writeback", "plugins", "fast_ino", "context", "fscontext", "defcontext",
+    "rootcontext", "debug", "auto_unmount", "nonempty", "sync", "async", "dirsync", "_netdev",
+    "nofail", "auto", "noauto", "user", "users", "owner", "defaults", "nfs_export", "max_read",
+    "max_write",
+];
 
-fn canonical_dir(cwd: &Path, p: &Path, what: &str) -> Result<PathBuf, ConfigError> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        cwd.join(p)
-    };
-    let c = std::fs::canonicalize(&abs)
-        .map_err(|e| ConfigError(format!("{what} {}: {}", p.display(), io_msg(&e))))?;
-    let md = std::fs::metadata(&c)
-        .map_err(|e| ConfigError(format!("{what} {}: {}", p.display(), io_msg(&e))))?;
-    if !md.is_dir() {
-        return err(format!("{what} {}: is not a directory", p.display()));
-    }
-    // Opening it now catches unreadable layers (EACCES) before the mount.
-    std::fs::read_dir(&c).map_err(|e| {
-        ConfigError(format!(
-            "{what} {}: cannot be read: {}",
-            p.display(),
-            io_msg(&e)
-        ))
-    })?;
-    Ok(c)
-}
-
-/// The OS error text without Rust's " (os error N)" suffix.
-pub fn io_msg(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
+/// The value of an option that needs one.
+fn need<'a>(key: &str, val: Option<&'a str>) -> Result<&'a str, ConfigError> {
+    match val {
+        Some(v) => Ok(v),
+        None => err(format!("option {key} needs a value: {key}=VALUE")),
     }
 }
 
