@@ -1,5 +1,38 @@
 //! ovlfuse: a FUSE overlay filesystem with Linux kernel overlayfs semantics
-//! and on-disk format. The core (everything but `fuse`) runs without a mount.
+//! and on-disk format. The core (everything but `fuse`, `wire`, `mount`)
+//! runs without a mount.
+//!
+//! Who does what, in the spirit of the kernel's overlayfs.h. `OvlFs` (ovl.rs)
+//! is the mount; each part below owns its state, and the `impl OvlFs`
+//! blocks in the operation modules use the parts through their methods.
+//!
+//! State (each owns its fields):
+//!   config     options as fuse-overlayfs and the kernel spell them; checks
+//!   layer      one layer: root fd, openat2 RESOLVE_BENEATH I/O, atime reach
+//!   workdir    W/work: temp names, clean-up, in-use lock, `Whiteouts` form
+//!   node       the inode table (ovl_inode + dcache), ghosts for handles
+//!   inomap     st_ino: xino bits, copied-up numbers, pinned removed objects
+//!   split      keys of split nodes (names of lower hard links, index=off)
+//!   open       open file and dir handles by fh
+//!   rename_lock  the path lock, and the crate's lock order
+//!   format     every on-disk byte: xattr names, whiteouts, handles, index
+//!
+//! Operations (`impl OvlFs` by concern, as the kernel's files):
+//!   namei      lookup with `LookupData`; namei/ino.rs the inode number step
+//!   redirect   following redirects in lookup (ovl_check_redirect)
+//!   readdir    merged listing, d_ino as st_ino
+//!   copy_up    copy-up with `CopyUpCtx`: build, origin/index, install
+//!   index      origins and W/index (hard links with index=on)
+//!   dir        create (plain and over a whiteout), link, unlink, rmdir
+//!   rename     rename as check, prepare, commit (`RenameCtx`)
+//!   whiteout   writing whiteouts through a WorkDir
+//!   inode      getattr, setattr, access, readlink
+//!   file       open, read, write, fsync; passthrough which opens may
+//!   xattr      user-visible xattrs; killpriv set-id dropping; idmap owners
+//!   export     file handles (LOOKUP of "." and "..")
+//!
+//! Front end: `wire` speaks FUSE (/dev/fuse or io_uring), `fuse` adapts
+//! requests to the core, `mount` mounts. All raw syscalls are in `sys`.
 
 pub mod config;
 pub mod copy_up;

@@ -54,14 +54,14 @@ fn refused_whiteout_devices_give_aufs_whiteouts_in_the_upper() {
     p.both("create over a whiteout", |m| {
         res(fs::write(m.join("top"), b"new top\n"))
     });
-    let _ = p.both("mkdir over a whited-out dir", |m| {
+    p.both("mkdir over a whited-out dir", |m| {
         (
             res(fs::create_dir(m.join("a"))),
             res(fs::write(m.join("a/only"), b"only\n")),
             ls(&m.join("a")),
         )
     });
-    let _ = p.both("rename onto a whited-out name", |m| {
+    p.both("rename onto a whited-out name", |m| {
         (
             res(fs::write(m.join("n"), b"n\n")),
             res(fs::remove_file(m.join("ro"))),
@@ -75,7 +75,7 @@ fn refused_whiteout_devices_give_aufs_whiteouts_in_the_upper() {
             res(fs::hard_link(m.join("xat2"), m.join("owned"))),
         )
     });
-    let _ = p.both("rmdir of a dir emptied of lower entries", |m| {
+    p.both("rmdir of a dir emptied of lower entries", |m| {
         (
             res(fs::remove_file(m.join("opq/visible"))),
             res(fs::remove_dir(m.join("opq"))),

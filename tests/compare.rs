@@ -2,8 +2,6 @@
 //! identical layers: each op's result or errno, the merged tree after, and the
 //! upper dir (whiteouts, opaque markers, contents) after unmount.
 
-#![allow(unused_must_use)]
-
 mod common;
 
 use std::ffi::CString;
@@ -854,7 +852,7 @@ fn file_capabilities_drop_on_write() {
     let mut cap = vec![0u8; 20];
     cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
     cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
-    let r = p.both("capabilities", |m| {
+    let r = p.both_value("capabilities", |m| {
         let mut out = Vec::new();
         fs::write(m.join("capfile"), b"c").unwrap();
         for name in ["capfile", "a/x"] {
@@ -1016,7 +1014,7 @@ for n in ["a/x", "deep/1/2/3/file", "deep/1/2"]: print(n, "after copy-up:", deco
 "#;
     // Only the decodes are compared: nfs_export=on makes the kernel index
     // every copy-up, which shows in nlink and in its upper.
-    let out = p.both("handles", |m| {
+    let out = p.both_value("handles", |m| {
         output_ok(Command::new("/usr/bin/python3").args(["-c", script]).arg(m))
     });
     assert!(!out.contains("errno"), "{out}");
@@ -1073,7 +1071,7 @@ for d in ["big", "a"]:
     with os.scandir(d) as it:
         check(d, [(e.name, e.inode()) for e in it], "again")
 "#;
-    let out = p.both("d_ino", |m| {
+    let out = p.both_value("d_ino", |m| {
         output_ok(Command::new("/usr/bin/python3").args(["-c", script]).arg(m))
     });
     assert!(out.lines().all(|l| l.contains("[] 0 zero: 0")), "{out}");

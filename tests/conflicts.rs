@@ -48,29 +48,22 @@ fn check_records(p: &Path, data: &[u8], when: &str) {
     }
 }
 
-fn rng_next(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
 /// A path on the shared names: a top-level name or one level below a dir name.
-fn pick(m: &Path, r: &mut u64) -> PathBuf {
-    let a = NAMES[rng_next(r) as usize % NAMES.len()];
-    match rng_next(r) % 4 {
-        0 => m.join(["d0", "d1"][rng_next(r) as usize % 2]).join(a),
+fn pick(m: &Path, r: &mut Rng) -> PathBuf {
+    let a = NAMES[r.next() as usize % NAMES.len()];
+    match r.next() % 4 {
+        0 => m.join(["d0", "d1"][r.next() as usize % 2]).join(a),
         _ => m.join(a),
     }
 }
 
 /// Returns how many operations of each kind succeeded.
 fn worker(m: PathBuf, t: usize, seed: u64) -> [usize; KINDS] {
-    let mut r = seed ^ ((t as u64 + 1) * 0x1000_0001);
+    let mut r = Rng::new(seed ^ ((t as u64 + 1) * 0x1000_0001));
     let mut ok = [0; KINDS];
     for i in 0..ops() {
         let p = pick(&m, &mut r);
-        let op = (rng_next(&mut r) % KINDS as u64) as usize;
+        let op = (r.next() % KINDS as u64) as usize;
         let res = match op {
             0 => fs::rename(&p, pick(&m, &mut r)),
             1 => fs::remove_file(&p),

@@ -15,13 +15,25 @@ use ovlfuse::inode::SetAttr;
 use ovlfuse::node::Node;
 use ovlfuse::{Errno, OvlFs};
 
-const ROOT: Creds = Creds { uid: 0, gid: 0 };
+/// The caller's own ids: what a rootless daemon can give new objects.
+fn me() -> Creds {
+    // SAFETY: no arguments.
+    unsafe {
+        Creds {
+            uid: libc::geteuid(),
+            gid: libc::getegid(),
+        }
+    }
+}
 
 fn fs_over(base: &Path, aufs: bool, upper: bool) -> OvlFs {
     let lowers = build_lowers(base, aufs);
     let mut c = Config::default();
     c.apply_options(&format!("lowerdir={}", join_lowers(&lowers)))
         .unwrap();
+    if !is_root() {
+        c.apply_options("userxattr").unwrap();
+    }
     if upper {
         for d in ["u", "w"] {
             fs::create_dir_all(base.join(d)).unwrap();
@@ -126,9 +138,14 @@ fn copy_up_keeps_data_owner_mode_times_and_xattrs() {
         .unwrap();
     assert_eq!(after.st_ino, before.st_ino, "st_ino changed by copy-up");
     let md = fs::metadata(s.0.join("u/owned")).unwrap();
+    // The fixture's owner: 1000 as root, the caller's own rootless.
+    let owner = match is_root() {
+        true => (1000, 1000),
+        false => (me().uid, me().gid),
+    };
     assert_eq!(
         (md.uid(), md.gid(), md.mode() & 0o7777),
-        (1000, 1000, 0o600)
+        (owner.0, owner.1, 0o600)
     );
     assert_eq!(md.mtime(), FIXED_MTIME);
     assert_eq!(fs::read(s.0.join("u/owned")).unwrap(), b"owned by 1000\n");
@@ -180,34 +197,38 @@ fn creations_over_whiteouts_are_atomic_and_opaque() {
     let fs = fs_over(&s.0, false, true);
     let root = fs.nodes.root();
     let (d, _) = fs
-        .create_object(&root, OsStr::new("gone-dir"), NewObj::Dir(0o755), ROOT)
+        .create_object(&root, OsStr::new("gone-dir"), NewObj::Dir(0o755), me())
         .unwrap();
     assert!(d.is_dir());
     assert_eq!(
-        get_xattr(&s.0.join("u/gone-dir"), "trusted.overlay.opaque").unwrap(),
+        get_xattr(&s.0.join("u/gone-dir"), &format!("{}opaque", priv_prefix())).unwrap(),
         b"y"
     );
     assert!(names(&fs, "gone-dir").is_empty());
-    let c = Creds { uid: 1234, gid: 99 };
+    // Another owner where the daemon may give files away (root).
+    let c = match is_root() {
+        true => Creds { uid: 1234, gid: 99 },
+        false => me(),
+    };
     let (_, st) = fs
         .create_object(&root, OsStr::new("wh-me"), NewObj::File(0o4755), c)
         .unwrap();
     assert_eq!(
         (st.st_uid, st.st_gid, st.st_mode & 0o7777),
-        (1234, 99, 0o4755)
+        (c.uid, c.gid, 0o4755)
     );
     assert_eq!(
         fs.create_object(
             &root,
             OsStr::new("new-wh"),
             NewObj::Special(libc::S_IFCHR | 0o600, 0),
-            ROOT
+            me()
         )
         .unwrap_err(),
         Errno(libc::EPERM)
     );
     assert_eq!(
-        fs.create_object(&root, OsStr::new("top"), NewObj::Dir(0o755), ROOT)
+        fs.create_object(&root, OsStr::new("top"), NewObj::Dir(0o755), me())
             .unwrap_err(),
         Errno(libc::EEXIST)
     );
@@ -240,7 +261,7 @@ fn read_only_overlay_refuses_changes() {
         Errno(libc::EROFS)
     );
     assert_eq!(
-        fs.create_object(&root, OsStr::new("n"), NewObj::Dir(0o755), ROOT)
+        fs.create_object(&root, OsStr::new("n"), NewObj::Dir(0o755), me())
             .unwrap_err(),
         Errno(libc::EROFS)
     );
@@ -254,10 +275,11 @@ fn work_dir_is_emptied_at_mount() {
     let _fs = fs_over(&s.0, false, true);
     assert_eq!(fs::read_dir(s.0.join("w/work")).unwrap().count(), 0);
     let md = fs::metadata(s.0.join("w/work")).unwrap();
+    // An unprivileged daemon keeps it 0700: it could not enter 000.
     assert_eq!(
         md.permissions().mode() & 0o777,
-        0,
-        "W/work is mode 000 like the kernel's"
+        if is_root() { 0 } else { 0o700 },
+        "W/work is mode 000 like the kernel's (0700 rootless)"
     );
 }
 

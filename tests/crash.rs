@@ -97,7 +97,7 @@ fn sigkill_during_copy_up_rename_and_whiteout_leaves_old_or_new() {
     }
     let (u, w, m) = (s.0.join("u"), s.0.join("w"), s.0.join("m"));
     let lowers = vec![l.clone()];
-    let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut rng = Rng::new(0x2545_F491_4F6C_DD1D);
     let mut interrupted = 0;
     for iter in 0..50 {
         let mut g = OvlMount::layers(&lowers, Some((&u, &w)), &m, "");
@@ -111,10 +111,7 @@ fn sigkill_during_copy_up_rename_and_whiteout_leaves_old_or_new() {
         }
         let mc = m.clone();
         let client = std::thread::spawn(move || workload(mc, iter));
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_micros(rng % 12_000));
+        std::thread::sleep(Duration::from_micros(rng.next() % 12_000));
         // SAFETY: killing our own child.
         unsafe { libc::kill(g.pid() as i32, libc::SIGKILL) };
         g.stop();
@@ -171,7 +168,7 @@ fn clients_killed_mid_request_leave_the_daemon_serving() {
     let lowers = vec![l.clone()];
     let mut g = OvlMount::layers(&lowers, Some((&u, &w)), &m, "");
     let ms = m.display().to_string();
-    let mut rng: u64 = 0x5DEE_CE66_D1CE_4E5B;
+    let mut rng = Rng::new(0x5DEE_CE66_D1CE_4E5B);
     let mut running = 0;
     for iter in 0..40 {
         let i = iter % BIG;
@@ -187,10 +184,7 @@ fn clients_killed_mid_request_leave_the_daemon_serving() {
             .args(["-c", &script])
             .spawn()
             .unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_micros(rng % 30_000));
+        std::thread::sleep(Duration::from_micros(rng.next() % 30_000));
         if c.try_wait().unwrap().is_none() {
             running += 1;
         }

@@ -1,7 +1,6 @@
 //! index=on and origin: hard links of lower files stay linked through
 //! copy-up (W/index), st_ino survives copy-up and remount, and the kernel
 //! mounts the upper ovlfuse wrote — compared with the kernel throughout.
-#![allow(unused_must_use)]
 
 mod common;
 
@@ -13,17 +12,9 @@ use common::*;
 
 const OPTS: &str = "redirect_dir=on,index=on";
 
-#[test]
-fn hard_link_append_shows_through_both_names_and_survives_remount() {
-    hard_link_append_shows_through_both_names_and_survives_remount_on(|b| build_lowers(b, false));
-}
+per_fixture!(hard_link_append_shows_through_both_names_and_survives_remount);
 
-#[test]
-fn hard_link_append_shows_through_both_names_and_survives_remount_ten_lowers() {
-    hard_link_append_shows_through_both_names_and_survives_remount_on(build_ten_lowers);
-}
-
-fn hard_link_append_shows_through_both_names_and_survives_remount_on(
+fn hard_link_append_shows_through_both_names_and_survives_remount(
     build: fn(&Path) -> Vec<PathBuf>,
 ) {
     let p = Pair::with_lowers(OPTS, OPTS, build, build);
@@ -41,17 +32,9 @@ fn hard_link_append_shows_through_both_names_and_survives_remount_on(
     p.check_all();
 }
 
-#[test]
-fn hard_link_names_link_unlink_rename() {
-    hard_link_names_link_unlink_rename_on(|b| build_lowers(b, false));
-}
+per_fixture!(hard_link_names_link_unlink_rename);
 
-#[test]
-fn hard_link_names_link_unlink_rename_ten_lowers() {
-    hard_link_names_link_unlink_rename_on(build_ten_lowers);
-}
-
-fn hard_link_names_link_unlink_rename_on(build: fn(&Path) -> Vec<PathBuf>) {
+fn hard_link_names_link_unlink_rename(build: fn(&Path) -> Vec<PathBuf>) {
     let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("write via hard2", |m| {
         res(fs::write(m.join("hard2"), b"new\n"))

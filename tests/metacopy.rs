@@ -3,7 +3,6 @@
 //! truncate; data-only lowers (`A::D`) are reached only through metacopy
 //! redirects. Compared with the kernel mounted the same way, after a remount,
 //! and with the kernel mounting the upper ovlfuse wrote.
-#![allow(unused_must_use)]
 
 mod common;
 

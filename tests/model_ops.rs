@@ -13,16 +13,9 @@ fn random_sequences_match_the_model() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
-    let mut r: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut r = common::Rng::new(0x2545_F491_4F6C_DD1D);
     for run in 0..runs {
-        let ops: Vec<u8> = (0..1 + 3 * 60)
-            .map(|_| {
-                r ^= r << 13;
-                r ^= r >> 7;
-                r ^= r << 17;
-                (r >> 24) as u8
-            })
-            .collect();
+        let ops: Vec<u8> = (0..1 + 3 * 60).map(|_| (r.next() >> 24) as u8).collect();
         let base = s.0.join(format!("run{run}"));
         model::run(&base, &ops);
     }

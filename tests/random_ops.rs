@@ -13,6 +13,7 @@
 mod common;
 
 use common::ops::*;
+use common::Rng;
 
 /// Names the lists work on: fixture objects in every layer (hard1 and hard2
 /// are two names of one lower inode), and new ones.
@@ -56,26 +57,22 @@ const NAMES: &[&str] = &[
     "a/n3/n11",
 ];
 
-struct Rng(u64);
+/// What random_ops draws, on the common Rng.
+trait Draw {
+    fn name(&mut self) -> String;
+    fn byte(&mut self) -> u8;
+    fn len(&mut self) -> u32;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+impl Draw for Rng {
     fn name(&mut self) -> String {
-        NAMES[self.below(NAMES.len())].to_string()
+        self.pick(NAMES).to_string()
     }
     fn byte(&mut self) -> u8 {
         self.below(256) as u8
     }
     fn len(&mut self) -> u32 {
-        [1, 100, 4096, 9963, 50651][self.below(5)]
+        self.pick(&[1, 100, 4096, 9963, 50651])
     }
 }
 
@@ -109,7 +106,7 @@ fn gen(r: &mut Rng) -> Op {
 /// A list of `steps` ops with a rotation every 30–70 ops, while the stack
 /// has room (at most 10 lowers, or 2 more than it started with).
 fn list(seed: u64, steps: usize, lowers: usize) -> Vec<Op> {
-    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut r = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let max = (lowers + 2).max(10);
     let (mut n, mut next) = (lowers, 30 + r.below(40));
     let mut ops = Vec::with_capacity(steps + 10);

@@ -2,7 +2,6 @@
 //! kernel mounted the same way: results, trees, the redirect and opaque
 //! xattrs in the upper, the view after a remount, and the kernel's view of
 //! the upper ovlfuse wrote.
-#![allow(unused_must_use)]
 
 mod common;
 
@@ -13,17 +12,9 @@ use common::*;
 
 const OPTS: &str = "redirect_dir=on,index=on";
 
-#[test]
-fn rename_lower_dirs_same_and_other_parent() {
-    rename_lower_dirs_same_and_other_parent_on(|b| build_lowers(b, false));
-}
+per_fixture!(rename_lower_dirs_same_and_other_parent);
 
-#[test]
-fn rename_lower_dirs_same_and_other_parent_ten_lowers() {
-    rename_lower_dirs_same_and_other_parent_on(build_ten_lowers);
-}
-
-fn rename_lower_dirs_same_and_other_parent_on(build: fn(&Path) -> Vec<PathBuf>) {
+fn rename_lower_dirs_same_and_other_parent(build: fn(&Path) -> Vec<PathBuf>) {
     let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("same parent", |m| {
         res(fs::rename(m.join("a"), m.join("a-renamed")))
@@ -48,17 +39,9 @@ fn rename_lower_dirs_same_and_other_parent_on(build: fn(&Path) -> Vec<PathBuf>) 
     p.check_all();
 }
 
-#[test]
-fn rename_twice_and_parent_afterwards() {
-    rename_twice_and_parent_afterwards_on(|b| build_lowers(b, false));
-}
+per_fixture!(rename_twice_and_parent_afterwards);
 
-#[test]
-fn rename_twice_and_parent_afterwards_ten_lowers() {
-    rename_twice_and_parent_afterwards_on(build_ten_lowers);
-}
-
-fn rename_twice_and_parent_afterwards_on(build: fn(&Path) -> Vec<PathBuf>) {
+fn rename_twice_and_parent_afterwards(build: fn(&Path) -> Vec<PathBuf>) {
     let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("sub -> sub2", |m| {
         res(fs::rename(m.join("a/sub"), m.join("a/sub2")))
@@ -84,17 +67,9 @@ fn rename_twice_and_parent_afterwards_on(build: fn(&Path) -> Vec<PathBuf>) {
     p.check_all();
 }
 
-#[test]
-fn rename_lower_dir_over_empty_dir() {
-    rename_lower_dir_over_empty_dir_on(|b| build_lowers(b, false));
-}
+per_fixture!(rename_lower_dir_over_empty_dir);
 
-#[test]
-fn rename_lower_dir_over_empty_dir_ten_lowers() {
-    rename_lower_dir_over_empty_dir_on(build_ten_lowers);
-}
-
-fn rename_lower_dir_over_empty_dir_on(build: fn(&Path) -> Vec<PathBuf>) {
+fn rename_lower_dir_over_empty_dir(build: fn(&Path) -> Vec<PathBuf>) {
     let p = Pair::with_lowers(OPTS, OPTS, build, build);
     p.both("over empty lower dir", |m| {
         res(fs::rename(m.join("a/sub"), m.join("emptydir")))

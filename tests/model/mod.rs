@@ -21,7 +21,16 @@ use ovlfuse::inode::SetAttr;
 use ovlfuse::node::Node;
 use ovlfuse::{Errno, OvlFs};
 
-const ROOT: Creds = Creds { uid: 0, gid: 0 };
+/// The caller's own ids: what a rootless daemon can give new objects.
+fn me() -> Creds {
+    // SAFETY: no arguments.
+    unsafe {
+        Creds {
+            uid: libc::geteuid(),
+            gid: libc::getegid(),
+        }
+    }
+}
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -198,14 +207,14 @@ pub fn run(base: &Path, ops: &[u8]) {
             0 if exists.is_none() => {
                 let data = vec![b'A' + arg % 26; arg as usize % 7];
                 let (_, _, fh) = fs
-                    .create(&pn(), name_of(&p), 0o644, libc::O_RDWR, ROOT)
+                    .create(&pn(), name_of(&p), 0o644, libc::O_RDWR, me())
                     .unwrap_or_else(|e| panic!("{here}: create: {e}"));
                 fs.write(fh, 0, &data).unwrap();
                 fs.release(fh);
                 m.new_file(&p, data);
             }
             1 if exists.is_none() => {
-                fs.create_object(&pn(), name_of(&p), NewObj::Dir(0o755), ROOT)
+                fs.create_object(&pn(), name_of(&p), NewObj::Dir(0o755), me())
                     .unwrap_or_else(|e| panic!("{here}: mkdir: {e}"));
                 m.tree.insert(p.clone(), Obj::Dir);
             }
