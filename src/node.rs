@@ -36,6 +36,16 @@ pub struct LowerRef {
     pub path: Option<Arc<[u8]>>,
 }
 
+impl LowerRef {
+    /// The path in its layer, given the merged path `merged`.
+    pub fn path_or(&self, merged: &[u8]) -> Vec<u8> {
+        match &self.path {
+            Some(p) => p.to_vec(),
+            None => merged.to_vec(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct NodeState {
     /// (parent, name) pairs under which the object is known. Dirs have one,

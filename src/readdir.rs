@@ -34,10 +34,7 @@ impl OvlFs {
         }
         for l in &lowers {
             let layer = &self.lowers[l.layer as usize];
-            let lpath = match &l.path {
-                Some(p) => p.to_vec(),
-                None => path.clone(),
-            };
+            let lpath = l.path_or(&path);
             self.list_lower(layer, &lpath, keep_xwhiteouts, &mut seen, &mut out)?;
         }
         Ok(out)

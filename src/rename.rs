@@ -434,8 +434,7 @@ impl OvlFs {
             node.state.write().redirect = Some(Arc::from(v));
         }
         if !samedir {
-            let np = self.path_of(newparent)?;
-            self.upper()?.setxattr(&np, &self.xn.impure, b"y", 0)?;
+            self.set_impure(&self.path_of(newparent)?)?;
         }
         for n in self.nodes.all() {
             if !is_under(&n, node) {

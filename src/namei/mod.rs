@@ -452,10 +452,7 @@ impl OvlFs {
         let plowers = parent.state.read().lowers.clone();
         for l in &plowers {
             let layer = &self.lowers[l.layer as usize];
-            let ldir = match &l.path {
-                Some(p) => p.to_vec(),
-                None => ppath.clone(),
-            };
+            let ldir = l.path_or(&ppath);
             let lpath = join(&ldir, name);
             match layer.try_stat(&lpath)? {
                 Some(st)
