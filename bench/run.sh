@@ -6,17 +6,23 @@
 # the cost per request above the kernel's time. Sizes are flags; --quick
 # runs in a few minutes.
 #
-#   bench/run.sh [--files N] [--dirs N] [--mib N] [--repeats N] [--quick]
+# A second image stacks LAYERS lowers (each adds files to one shared dir
+# and has one file of its own, the bottom one the only holder of its
+# files): deep_ls lists it, deep_read opens and reads names that only the
+# bottom layer holds.
+#
+#   bench/run.sh [--files N] [--dirs N] [--mib N] [--layers N] [--repeats N] [--quick]
 set -euo pipefail
 shopt -s inherit_errexit
-FILES=20000 DIRS=5000 MIB=256 REPEATS=3
+FILES=20000 DIRS=5000 MIB=256 LAYERS=500 REPEATS=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --files) FILES=$2; shift 2 ;;
     --dirs) DIRS=$2; shift 2 ;;
     --mib) MIB=$2; shift 2 ;;
+    --layers) LAYERS=$2; shift 2 ;;
     --repeats) REPEATS=$2; shift 2 ;;
-    --quick) FILES=5000 DIRS=2000 MIB=64 REPEATS=3; shift ;;
+    --quick) FILES=5000 DIRS=2000 MIB=64 LAYERS=500 REPEATS=3; shift ;;
     *) echo "bench: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -54,6 +60,17 @@ for ((d = 0; d < (FILES + 99) / 100; d++)); do
   for ((f = 0; f < 100 && d * 100 + f < FILES; f++)); do echo "$d $f" > "$L/tree/d$d/f$f"; done
 done
 dd if=/dev/urandom of="$L/big" bs=1M count="$MIB" status=none
+# The deep image: layer 1 on top. Every layer adds 10 files to stack/, and
+# the bottom one also holds stack/bottom/ with 100 files no other has.
+S="$T/stack"
+for ((i = 1; i <= LAYERS; i++)); do
+  mkdir -p "$S/$i/stack"
+  for ((f = 0; f < 10; f++)); do echo "$i $f" > "$S/$i/stack/l${i}_$f"; done
+done
+mkdir -p "$S/$LAYERS/stack/bottom"
+for ((f = 0; f < 100; f++)); do echo "bottom $f" > "$S/$LAYERS/stack/bottom/b$f"; done
+# Relative to $S: 500 absolute paths would not fit in mount(2)'s one page.
+DEEP=$(seq -s: 1 "$LAYERS")
 sync
 
 now() { date +%s%N; }
@@ -62,18 +79,20 @@ now() { date +%s%N; }
 # shell waits for its children in odd places) and holds none of our pipes;
 # it is tracked by its pid (DAEMON).
 mount_fs() {
-  local k=$1 d=$2 o cmd
+  local k=$1 d=$2 w=${3:-} o cmd
   rm -rf "$d" && mkdir -p "$d/u" "$d/w" "$d/m"
   o="lowerdir=$L,upperdir=$d/u,workdir=$d/w"
+  # The deep image, by paths relative to $S (daemons and mount run there).
+  [[ $w == deep_* ]] && o="lowerdir=$DEEP,upperdir=$d/u,workdir=$d/w"
   [ -n "$SAVED_URING" ] && { [[ $k == ovlfuse-uring* ]] && echo Y || echo N; } > "$URING"
   case $k in
-    kernel) mount -t overlay overlay -o "$o" "$d/m"; return ;;
+    kernel) (cd "$S" && mount -t overlay overlay -o "$o" "$d/m"); return ;;
     ovlfuse | ovlfuse-uring) cmd=("$OVL" -f -o "$o") ;;
     ovlfuse-t1 | ovlfuse-uring-t1) cmd=("$OVL" -f -o "$o,threads=1") ;;
     fuse-overlayfs) cmd=("$FOVL" -f -o "$o") ;;
     fuse-overlayfs-2.0) cmd=("$FOVL2" -f -o "$o") ;;
   esac
-  ("${cmd[@]}" "$d/m" < /dev/null > /dev/null 2>&1 & echo $! > "$d/pid")
+  (cd "$S" && "${cmd[@]}" "$d/m" < /dev/null > /dev/null 2>&1 & echo $! > "$d/pid")
   DAEMON=$(cat "$d/pid")
   wait_mounted "$d/m"
 }
@@ -90,7 +109,8 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 # The operations each workload does, for requests per operation.
 declare -A OPS=([ls_lR_cold]=$FILES [stat_warm]=$FILES [mkdir]=$DIRS [find_delete]=$DIRS
-  [copy_up]=1 [rm_lower]=1 [seq_read]=$MIB [seq_write_fsync]=$MIB [parallel_mix]=$FILES)
+  [create]=$FILES [copy_up]=1 [rm_lower]=1 [seq_read]=$MIB [seq_write_fsync]=$MIB
+  [parallel_mix]=$FILES [deep_ls]=$((LAYERS * 10 + 100)) [deep_read]=100)
 
 # The timed part of workload $2 on mount dir $1.
 workload() {
@@ -100,6 +120,11 @@ workload() {
     stat_warm) find "$m/tree" -type f -printf '%s\n' > /dev/null ;;
     mkdir) (cd "$m" && mkdir n && cd n && seq "$DIRS" | xargs mkdir) ;;
     find_delete) find "$m/n" -delete ;;
+    # FILES new 4 KiB files, written by one process (as an untar would):
+    # the shell's own printf, so no process per file.
+    create) (cd "$m" && mkdir c && for ((i = 0; i < FILES; i++)); do printf '%4096s' '' > "c/f$i"; done) ;;
+    deep_ls) ls -lR "$m/stack" > /dev/null ;;
+    deep_read) cat "$m"/stack/bottom/* > /dev/null ;;
     copy_up) echo x >> "$m/big" ;;
     rm_lower) rm "$m/big" ;;
     seq_read) cat "$m/big" > /dev/null ;;
@@ -115,7 +140,7 @@ workload() {
 # What comes before the timed part.
 prepare() {
   case $2 in
-    ls_lR_cold | copy_up | seq_read | parallel_mix) drop ;;
+    ls_lR_cold | copy_up | seq_read | parallel_mix | deep_ls | deep_read) drop ;;
     stat_warm) ls -lR "$1/m/tree" > /dev/null ;;
     find_delete) (cd "$1/m" && mkdir n && cd n && seq "$DIRS" | xargs mkdir) ;;
   esac
@@ -124,7 +149,7 @@ prepare() {
 # Each workload runs on a fresh mount; prints nanoseconds.
 run() { # kind workload
   local d="$T/$1" t0 t1
-  mount_fs "$1" "$d"
+  mount_fs "$1" "$d" "$2"
   prepare "$d" "$2"
   t0=$(now); workload "$d" "$2"; t1=$(now)
   umount_fs "$d"
@@ -134,7 +159,7 @@ run() { # kind workload
 # FUSE requests the timed part of a workload sends.
 count_requests() { # kind workload
   local d="$T/$1" n
-  mount_fs "$1" "$d"
+  mount_fs "$1" "$d" "$2"
   prepare "$d" "$2"
   echo > "$TR/trace"
   echo 1 > "$TR/events/fuse/fuse_request_send/enable"
@@ -160,7 +185,8 @@ KINDS=(kernel ovlfuse)
 [ -n "$SAVED_URING" ] && KINDS+=(ovlfuse-uring)
 [ -n "$FOVL" ] && KINDS+=(fuse-overlayfs)
 [ -x "$FOVL2" ] && KINDS+=(fuse-overlayfs-2.0)
-WORKLOADS=(ls_lR_cold stat_warm mkdir find_delete copy_up rm_lower seq_read seq_write_fsync parallel_mix)
+WORKLOADS=(ls_lR_cold stat_warm mkdir find_delete create copy_up rm_lower seq_read seq_write_fsync
+  parallel_mix deep_ls deep_read)
 declare -A R M
 for w in "${WORKLOADS[@]}"; do
   for k in "${KINDS[@]}"; do R[$k,$w]=""; done
@@ -170,7 +196,7 @@ for w in "${WORKLOADS[@]}"; do
   for k in "${KINDS[@]}"; do M[$k,$w]=$(tr ' ' '\n' <<< "${R[$k,$w]}" | grep . | median); done
 done
 
-echo "files=$FILES dirs=$DIRS big=${MIB}MiB repeats=$REPEATS cores=$(nproc) kernel=$(uname -r)"
+echo "files=$FILES dirs=$DIRS big=${MIB}MiB layers=$LAYERS repeats=$REPEATS cores=$(nproc) kernel=$(uname -r)"
 echo "fuse-overlayfs: $($FOVL --version 2>&1 | head -1)${FOVL2:+; $([ -x "$FOVL2" ] && "$FOVL2" --version 2>&1 | head -1)}"
 printf '%-16s' workload
 for k in "${KINDS[@]}"; do printf ' %19s' "$k ms"; done
