@@ -92,7 +92,8 @@ mount_fs() {
     fuse-overlayfs) cmd=("$FOVL" -f -o "$o") ;;
     fuse-overlayfs-2.0) cmd=("$FOVL2" -f -o "$o") ;;
   esac
-  (cd "$S" && "${cmd[@]}" "$d/m" < /dev/null > /dev/null 2>&1 & echo $! > "$d/pid")
+  # cd first, alone: `cd && cmd &` would background a subshell, not cmd.
+  (cd "$S"; "${cmd[@]}" "$d/m" < /dev/null > /dev/null 2>&1 & echo $! > "$d/pid")
   DAEMON=$(cat "$d/pid")
   wait_mounted "$d/m"
 }

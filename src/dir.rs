@@ -53,7 +53,7 @@ impl OvlFs {
         let parent_had_upper = parent.has_upper();
         let mut over_whiteout = false;
         if self
-            .lookup_found_ex(parent, name, &mut over_whiteout)?
+            .lookup_found_ex(parent, name, &mut over_whiteout, None)?
             .is_some()
         {
             return Err(Errno::EEXIST);

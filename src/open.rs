@@ -105,6 +105,10 @@ pub struct DirEntry {
     pub name: OsString,
     pub ino: u64,
     pub dtype: u8,
+    /// The lower layer (index into the lowers) the name was listed from;
+    /// None for upper names, "." and "..". A lookup of the name need not
+    /// ask the layers above it again (readdirplus).
+    pub layer: Option<u16>,
 }
 
 /// An open directory: the listing is a snapshot taken when reading starts

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::sync::Arc;
 
 use crate::format;
-use crate::layer::{join, Layer};
+use crate::layer::join;
 use crate::node::Node;
 pub use crate::open::{DirEntry, DirHandle};
 use crate::{OvlFs, Result};
@@ -33,9 +33,9 @@ impl OvlFs {
             node.state.write().upper_markers = Some(markers);
         }
         for l in &lowers {
-            let layer = &self.lowers[l.layer as usize];
             let lpath = l.path_or(&path);
-            self.list_lower(layer, &lpath, keep_xwhiteouts, &mut seen, &mut out)?;
+            let from = (l.layer, lpath.as_slice());
+            self.list_lower(from, keep_xwhiteouts, &mut seen, &mut out)?;
         }
         Ok(out)
     }
@@ -76,7 +76,13 @@ impl OvlFs {
                     .unwrap_or_else(|| self.dir_ino(0, u.dev, ino)),
                 None => self.dir_ino(0, u.dev, ino),
             };
-            out.push(DirEntry { name, ino, dtype });
+            let layer = None;
+            out.push(DirEntry {
+                name,
+                ino,
+                dtype,
+                layer,
+            });
         }
         Ok(markers)
     }
@@ -85,12 +91,12 @@ impl OvlFs {
     /// whiteouts. Names its `.wh.` files hide are hidden only below it.
     fn list_lower(
         &self,
-        layer: &Layer,
-        lpath: &[u8],
+        (li, lpath): (u16, &[u8]),
         keep_xwhiteouts: bool,
         seen: &mut HashSet<OsString>,
         out: &mut Vec<DirEntry>,
     ) -> Result<()> {
+        let layer = &self.lowers[li as usize];
         let entries = layer.read_dir(lpath)?;
         // Only a dir marked opaque=x lists its xattr whiteouts as such.
         let xdir = !keep_xwhiteouts
@@ -118,7 +124,13 @@ impl OvlFs {
                 dtype = dtype_of(st.st_mode);
             }
             let ino = self.dir_ino(layer.idx, layer.dev, ino);
-            out.push(DirEntry { name, ino, dtype });
+            let layer = Some(li);
+            out.push(DirEntry {
+                name,
+                ino,
+                dtype,
+                layer,
+            });
         }
         seen.extend(hidden);
         Ok(())
@@ -139,12 +151,14 @@ impl OvlFs {
         Ok(self.handles.add_dir(node.clone()))
     }
 
-    /// The snapshot to read from `offset` on: offset 0 takes a fresh one.
-    /// Entry i of the list has offset i + 1; "." and ".." come first.
+    /// The snapshot to read from `offset` on: offset 0 takes a fresh one,
+    /// as does the first read of a handle at any offset (the kernel goes on
+    /// from where its cached listing ends, on a new handle). Entry i of the
+    /// list has offset i + 1; "." and ".." come first.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
         let _paths = self.rename_lock.paths();
         let h = self.handles.dir(fh)?;
-        if offset == 0 {
+        if offset == 0 || h.entries.lock().is_empty() {
             let node = &h.node;
             let parent = node.parent().map(|p| p.ino).unwrap_or(node.ino);
             let mut v = vec![
@@ -152,11 +166,13 @@ impl OvlFs {
                     name: ".".into(),
                     ino: node.ino,
                     dtype: libc::DT_DIR,
+                    layer: None,
                 },
                 DirEntry {
                     name: "..".into(),
                     ino: parent,
                     dtype: libc::DT_DIR,
+                    layer: None,
                 },
             ];
             // A removed dir lists nothing, as on the kernel's overlay.

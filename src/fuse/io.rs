@@ -111,6 +111,10 @@ impl OvlFuse {
     pub(super) fn opendir(&self, req: &Request, reply: Reply) {
         let n = tryr!(reply, self.node(req.nodeid));
         let fh = tryr!(reply, self.fs.opendir(&n));
+        // No FOPEN_CACHE_DIR: the kernel would go on from where its cached
+        // listing ends on a new handle, and a merged listing's offsets are
+        // positions in one handle's snapshot, not cookies stable across
+        // changes (names were listed twice under concurrent renames).
         reply.opened(fh, None)
     }
 
@@ -158,7 +162,7 @@ impl OvlFuse {
             // dir) goes without them too (node id 0).
             let found = match name {
                 b"." | b".." => None,
-                _ => self.fs.lookup(&dir, &en.name, true).ok(),
+                _ => self.fs.lookup_listed(&dir, &en.name, true, en.layer).ok(),
             };
             let Some((node, st)) = found else {
                 if !buf.add_plus(&unlinked, en.ino, off, dtype, name) {

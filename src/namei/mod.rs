@@ -45,6 +45,9 @@ struct LookupData {
     stop: bool,
     index: Option<Arc<str>>,
     nlink: Option<u32>,
+    /// The lower layer a listing found the name in: the layers above it
+    /// do not hold it (readdirplus; see lookup_lowers).
+    listed_in: Option<u16>,
 }
 
 impl LookupData {
@@ -77,6 +80,7 @@ impl LookupData {
             stop: false,
             index: None,
             nlink: None,
+            listed_in: None,
         }
     }
 }
@@ -103,7 +107,7 @@ enum Step {
 impl OvlFs {
     /// Resolves `name` in `parent`. None: no such entry in the merged view.
     pub fn lookup_found(&self, parent: &Node, name: &OsStr) -> Result<Option<(Found, Stat)>> {
-        self.lookup_found_ex(parent, name, &mut false)
+        self.lookup_found_ex(parent, name, &mut false, None)
     }
 
     /// lookup_found that also tells whether the upper holds a whiteout there.
@@ -112,6 +116,7 @@ impl OvlFs {
         parent: &Node,
         name: &OsStr,
         upper_whiteout: &mut bool,
+        listed_in: Option<u16>,
     ) -> Result<Option<(Found, Stat)>> {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -119,6 +124,7 @@ impl OvlFs {
         OvlFs::check_name(name)?;
         let ppath = self.path_of(parent)?;
         let mut d = LookupData::new(&ppath, name, &parent.state.read().lowers);
+        d.listed_in = listed_in;
         if parent.has_upper() {
             match self.lookup_upper(&mut d, parent, &ppath, name)? {
                 UpperStep::Whiteout => {
@@ -230,6 +236,17 @@ impl OvlFs {
         // the way; `stop`: a dir on that way was opaque.
         d.walking = d.redirect.as_ref().is_some_and(|r| r.starts_with(b"/"));
         let mut i = 0;
+        // A name a listing found in lower L: the layers above L were asked
+        // then, and lowers do not change. Only where the upper added
+        // nothing since (no object, no redirect) and the walk is plain.
+        if let Some(l) = d
+            .listed_in
+            .filter(|_| d.top.is_none() && d.redirect.is_none())
+        {
+            while i < d.cands.len() && d.cands[i].0 < l {
+                i += 1;
+            }
+        }
         while d.descend && !d.stop && i < d.cands.len() {
             let cand = d.cands[i].clone();
             i += 1;
@@ -421,8 +438,21 @@ impl OvlFs {
         name: &OsStr,
         count: bool,
     ) -> Result<(Arc<Node>, Stat)> {
+        self.lookup_listed(parent, name, count, None)
+    }
+
+    /// lookup of a name a listing found in lower `listed_in` (readdirplus):
+    /// the layers above that one are not asked again, so the cost of an
+    /// entry does not grow with the layers above it.
+    pub fn lookup_listed(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        count: bool,
+        listed_in: Option<u16>,
+    ) -> Result<(Arc<Node>, Stat)> {
         let _paths = self.rename_lock.paths();
-        match self.lookup_found(parent, name)? {
+        match self.lookup_found_ex(parent, name, &mut false, listed_in)? {
             Some((found, st)) => {
                 let merged_dir =
                     found.kind == libc::S_IFDIR && found.upper as usize + found.lowers.len() > 1;
