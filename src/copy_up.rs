@@ -157,12 +157,17 @@ impl OvlFs {
         if node.has_upper() {
             return Ok(());
         }
+        let start = std::time::Instant::now();
         let c = self.copy_up_ctx(node, how)?;
         if self.copy_up_link_index(&c)? {
             return Ok(());
         }
         let upper_ino = self.copy_up_build(&c)?;
-        self.copy_up_install(&c, upper_ino)
+        self.copy_up_install(&c, upper_ino)?;
+        let data = c.how == CopyUp::Data && c.st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let bytes = if data { c.st.st_size as u64 } else { 0 };
+        crate::stats::STATS.copied_up(bytes, start);
+        Ok(())
     }
 
     /// What a copy-up of `node` starts from: the lower object, the upper

@@ -34,6 +34,7 @@
 //! Front end: `wire` speaks FUSE (/dev/fuse or io_uring), `fuse` adapts
 //! requests to the core, `mount` mounts. All raw syscalls are in `sys`.
 
+pub mod check;
 pub mod config;
 pub mod copy_up;
 pub mod dir;
@@ -59,6 +60,7 @@ pub mod redirect;
 pub mod rename;
 pub mod rename_lock;
 pub mod split;
+pub mod stats;
 pub mod sys;
 pub mod whiteout;
 pub mod wire;

@@ -27,7 +27,11 @@ Mount options (-o, comma separated, several -o are merged):
   ro, rw, allow_other, allow_root, default_permissions, suid, nosuid, dev, nodev, exec, noexec,
   relatime, noatime, strictatime, nodiratime   when reads move atime (as the kernel overlay)
 MOUNTPOINT may be /dev/fd/N (a /dev/fuse connection a helper mounted).
-Unmount with: fusermount3 -u MOUNTPOINT";
+Unmount with: fusermount3 -u MOUNTPOINT
+
+Subcommands (each has --help):
+  ovlfuse check [--repair] -o lowerdir=..,upperdir=..,workdir=..   check an upper offline
+  ovlfuse stats [--format text|prometheus] MOUNTPOINT               live statistics";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -80,7 +84,20 @@ fn die(msg: impl std::fmt::Display) -> ! {
     exit(1)
 }
 
+mod tools;
+
 fn main() {
+    // The subcommands beside the mount (tools.rs).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let tool: Option<fn(&[std::ffi::OsString]) -> i32> = match args.get(1).and_then(|a| a.to_str())
+    {
+        Some("check") => Some(tools::check),
+        Some("stats") => Some(tools::stats),
+        _ => None,
+    };
+    if let Some(run) = tool {
+        exit(run(&args[1..]));
+    }
     let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     // Blocked from the start: a SIGTERM that comes as soon as the mount
     // appears must unmount it, not kill the process and leave it behind.
@@ -141,8 +158,14 @@ fn main() {
     // SIGTERM, SIGINT, SIGHUP: unmount if the mount is still ours, then end,
     // also when another mount namespace still holds the mount (its users
     // then get ENOTCONN, as with libfuse).
+    // SIGUSR1 logs the statistics (`ovlfuse stats` reads them live).
+    let reporter = handler.clone();
     std::thread::spawn(move || {
-        sys::wait_signal(&sigs);
+        while sys::wait_signal(&sigs) == libc::SIGUSR1 {
+            for line in reporter.stats_report(false).lines() {
+                log::info!("stats: {line}");
+            }
+        }
         fmount.unmount();
         if !fmount.wait_gone(2000) {
             std::process::exit(0);

@@ -431,6 +431,7 @@ impl OvlFs {
     ) -> Result<()> {
         if let Some(v) = value {
             sys::setxattr(pfd.as_fd(), cname, &self.xn.redirect, v, 0)?;
+            crate::stats::add(&crate::stats::STATS.redirects, 1);
             node.state.write().redirect = Some(Arc::from(v));
         }
         if !samedir {

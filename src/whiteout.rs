@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::format;
+use crate::stats;
 use crate::sys;
 use crate::workdir::{Whiteouts, WorkDir};
 use crate::Result;
@@ -16,6 +17,7 @@ impl WorkDir {
     /// A whiteout named `cname` in `pfd` where the name is free: char 0/0,
     /// or an AUFS `.wh.` file.
     pub fn create_whiteout(&self, pfd: &OwnedFd, cname: &CStr) -> Result<()> {
+        stats::add(&stats::STATS.whiteouts, 1);
         if self.whiteouts() == Whiteouts::Device {
             return Ok(sys::mknodat(pfd.as_fd(), cname, libc::S_IFCHR, 0)?);
         }
@@ -42,6 +44,7 @@ impl WorkDir {
     pub fn whiteout_over(&self, pfd: &OwnedFd, cname: &CStr, is_dir: bool) -> Result<()> {
         let work = self.fd();
         if self.whiteouts() == Whiteouts::Aufs {
+            // Counted by create_whiteout.
             // Whiteout first: a crash in between leaves the upper object,
             // which still shadows the lower one.
             self.create_whiteout(pfd, cname)?;
@@ -54,6 +57,7 @@ impl WorkDir {
             return Ok(());
         }
         let tmp = self.whiteout_tmp()?;
+        stats::add(&stats::STATS.whiteouts, 1);
         let flags = if is_dir { sys::RENAME_EXCHANGE } else { 0 };
         if let Err(e) = sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), cname, flags) {
             self.remove_tmp(&tmp);
@@ -91,6 +95,7 @@ impl WorkDir {
             sys::renameat2(spfd.as_fd(), sname, dpfd.as_fd(), dname, 0)?;
             return Ok(());
         }
+        stats::add(&stats::STATS.whiteouts, 1);
         match sys::renameat2(
             spfd.as_fd(),
             sname,

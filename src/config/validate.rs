@@ -11,6 +11,24 @@ impl Config {
     /// Resolves relative paths against `cwd` and checks the layers as the
     /// kernel would, before anything is mounted.
     pub fn validate(&mut self, cwd: &Path, mountpoint: &Path) -> Result<PathBuf, ConfigError> {
+        self.check_options()?;
+        // `/dev/fd/N`: a connection mounted by a helper; no dir to check.
+        let mnt = match fd_mountpoint(mountpoint) {
+            Some(_) => mountpoint.to_path_buf(),
+            None => canonical_dir(cwd, mountpoint, "mountpoint")?,
+        };
+        self.resolve_layers(cwd, Some(&mnt))?;
+        Ok(mnt)
+    }
+
+    /// validate for tools that work on the layers without a mount
+    /// (`ovlfuse check`, `ovlfuse diff`).
+    pub fn validate_offline(&mut self, cwd: &Path) -> Result<(), ConfigError> {
+        self.check_options()?;
+        self.resolve_layers(cwd, None)
+    }
+
+    fn check_options(&self) -> Result<(), ConfigError> {
         if self.lowers.is_empty() {
             return err("no lowerdir given: add -o lowerdir=DIR[:DIR...]");
         }
@@ -37,14 +55,15 @@ impl Config {
         if self.metacopy && matches!(self.redirect_dir, RedirectDir::Off | RedirectDir::NoFollow) {
             return err("metacopy=on needs redirect_dir=on or follow: drop one of the two options");
         }
-        // `/dev/fd/N`: a connection mounted by a helper; no dir to check.
-        let mnt = match fd_mountpoint(mountpoint) {
-            Some(_) => mountpoint.to_path_buf(),
-            None => canonical_dir(cwd, mountpoint, "mountpoint")?,
-        };
+        Ok(())
+    }
+
+    /// Makes the layer paths canonical and checks them against each other
+    /// and the mountpoint, if any.
+    fn resolve_layers(&mut self, cwd: &Path, mnt: Option<&Path>) -> Result<(), ConfigError> {
         for l in &mut self.lowers {
             l.path = canonical_dir(cwd, &l.path, "lowerdir")?;
-            if l.path.starts_with(&mnt) {
+            if let Some(mnt) = mnt.filter(|m| l.path.starts_with(m)) {
                 return err(format!(
                     "lowerdir {}: is inside the mountpoint {}; use a layer outside it",
                     l.path.display(),
@@ -55,19 +74,19 @@ impl Config {
         if let (Some(u), Some(w)) = (self.upper.clone(), self.work.clone()) {
             let u = canonical_dir(cwd, &u, "upperdir")?;
             let w = canonical_dir(cwd, &w, "workdir")?;
-            self.check_upper(&u, &w, &mnt)?;
+            self.check_upper(&u, &w, mnt)?;
             self.upper = Some(u);
             self.work = Some(w);
         }
-        Ok(mnt)
+        Ok(())
     }
 }
 
 impl Config {
     /// The upper and work dirs (canonical) against each other, the lowers
     /// and the mountpoint, as the kernel checks them at mount.
-    fn check_upper(&self, u: &Path, w: &Path, mnt: &Path) -> Result<(), ConfigError> {
-        if u.starts_with(mnt) {
+    fn check_upper(&self, u: &Path, w: &Path, mnt: Option<&Path>) -> Result<(), ConfigError> {
+        if let Some(mnt) = mnt.filter(|m| u.starts_with(m)) {
             return err(format!(
                 "upperdir {}: is inside the mountpoint {}; use a directory outside it",
                 u.display(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::entry::{caller, creds};
 use super::{attr, tryr, OvlFuse};
+use crate::stats;
 use crate::wire::{Attr, BackingId, DirBuf, Entry, Reply, Request};
 
 impl OvlFuse {
@@ -23,7 +24,11 @@ impl OvlFuse {
             .enabled()
             .then(|| self.fs.passthrough_fd(fh))
             .flatten();
-        self.pt.start(ino, fh, fd, register)
+        let b = self.pt.start(ino, fh, fd, register);
+        if b.is_some() {
+            stats::add(&stats::STATS.passthrough_opens, 1);
+        }
+        b
     }
 
     pub(super) fn open(&self, req: &Request, flags: u32, reply: Reply) {

@@ -6,6 +6,7 @@
 mod entry;
 mod io;
 
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use log::{debug, info};
 
 use crate::node::{is_split_id, Node};
 use crate::passthrough::Passthrough;
+use crate::stats;
 use crate::sys::Stat;
 use crate::wire::abi::init;
 use crate::wire::{Attr, Entry, Handler, InitConfig, Op, Reply, Request};
@@ -207,5 +209,38 @@ impl Handler for OvlFuse {
             self.fs.nodes.len(),
             self.fs.handles.file_count()
         );
+    }
+}
+
+impl OvlFuse {
+    /// Whether `req` names the statistics xattr on the root (Some(true):
+    /// the Prometheus form).
+    fn stats_xattr(&self, req: &Request) -> Option<bool> {
+        let name = match &req.op {
+            Op::Getxattr { name, .. } | Op::Setxattr { name, .. } | Op::Removexattr { name } => {
+                name
+            }
+            _ => return None,
+        };
+        if req.nodeid != crate::node::ROOT_INO {
+            return None;
+        }
+        let b = name.as_bytes();
+        (b == stats::XATTR_TEXT.to_bytes() || b == stats::XATTR_PROMETHEUS.to_bytes())
+            .then(|| b == stats::XATTR_PROMETHEUS.to_bytes())
+    }
+
+    /// The statistics report (stats.rs) with this mount's gauges.
+    pub fn stats_report(&self, prometheus: bool) -> String {
+        let g = stats::Gauges {
+            nodes: self.fs.nodes.len(),
+            open_files: self.fs.handles.file_count(),
+            transport: crate::wire::transport().into(),
+            passthrough: self.pt.enabled(),
+        };
+        match prometheus {
+            true => stats::render_prometheus(&stats::STATS, &g),
+            false => stats::render_text(&stats::STATS, &g),
+        }
     }
 }

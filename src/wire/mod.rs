@@ -26,12 +26,23 @@ pub use session::{Acl, Notifier, Session};
 pub struct TransportStats {
     pub dev_fuse: std::sync::atomic::AtomicU64,
     pub io_uring: std::sync::atomic::AtomicU64,
+    /// INIT settled on io_uring.
+    pub uring: std::sync::atomic::AtomicBool,
 }
 
 pub static STATS: TransportStats = TransportStats {
     dev_fuse: std::sync::atomic::AtomicU64::new(0),
     io_uring: std::sync::atomic::AtomicU64::new(0),
+    uring: std::sync::atomic::AtomicBool::new(false),
 };
+
+/// The transport in use, for reports.
+pub fn transport() -> &'static str {
+    match STATS.uring.load(std::sync::atomic::Ordering::Relaxed) {
+        true => "io_uring",
+        false => "/dev/fuse",
+    }
+}
 
 fn count(c: &std::sync::atomic::AtomicU64) {
     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -36,6 +36,9 @@ pub struct Reply {
     unique: u64,
     chan: Arc<dyn Channel>,
     sent: bool,
+    /// For the statistics: the request's kind and arrival.
+    opcode: u32,
+    start: std::time::Instant,
 }
 
 /// What an entry reply tells: node id, generation, and attributes with
@@ -63,16 +66,20 @@ impl Entry<'_> {
 }
 
 impl Reply {
-    pub fn new(unique: u64, chan: Arc<dyn Channel>) -> Reply {
+    /// The answer to request `unique` of kind `opcode`, which arrived now.
+    pub fn new(unique: u64, opcode: u32, chan: Arc<dyn Channel>) -> Reply {
         Reply {
             unique,
             chan,
             sent: false,
+            opcode,
+            start: std::time::Instant::now(),
         }
     }
 
     fn send(mut self, error: i32, payload: &[&[u8]]) {
         self.sent = true;
+        crate::stats::STATS.answered(self.opcode, error, self.start);
         // ENOENT: the request was interrupted and is gone; nothing to do.
         if let Err(e) = self.chan.send(self.unique, error, payload) {
             if e.raw_os_error() != Some(libc::ENOENT) {
@@ -175,6 +182,7 @@ impl Drop for Reply {
     fn drop(&mut self) {
         if !self.sent {
             self.sent = true;
+            crate::stats::STATS.answered(self.opcode, -libc::EIO, self.start);
             let _ = self.chan.send(self.unique, -libc::EIO, &[]);
         }
     }

@@ -117,6 +117,9 @@ impl Session {
         };
         let mut s = s;
         s.uring = s.handshake(h)? & init::OVER_IO_URING != 0;
+        super::STATS
+            .uring
+            .store(s.uring, std::sync::atomic::Ordering::Relaxed);
         // Said before a daemon detaches, so that whoever starts it sees it.
         if s.uring {
             let (q, k) = s.queue_shape();
@@ -302,7 +305,7 @@ pub fn dispatch<H: Handler>(
             return;
         }
     };
-    let reply = Reply::new(req.unique, chan.clone());
+    let reply = Reply::new(req.unique, req.opcode, chan.clone());
     match &req.op {
         Op::Forget { nlookup } => {
             reply.forget_done();

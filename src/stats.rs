@@ -1,0 +1,397 @@
+//! Live counters of a running mount, for `ovlfuse stats MOUNTPOINT` and
+//! SIGUSR1: requests per opcode, errors per errno, a latency histogram,
+//! copy-ups, whiteouts and redirects written. Relaxed atomic adds only, so
+//! the request path never waits on them. What is not a counter (nodes,
+//! open files, transport, RSS, fds) is read when a report is made.
+
+use std::ffi::CStr;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+/// The virtual xattrs of a mount's root that hold the report (read by
+/// `ovlfuse stats`; never listed, never stored).
+pub const XATTR_TEXT: &CStr = c"user.ovlfuse.stats";
+pub const XATTR_PROMETHEUS: &CStr = c"user.ovlfuse.stats.prometheus";
+
+/// Opcodes are below 64; CUSE_INIT and io_uring's own are not counted.
+const OPS: usize = 64;
+/// errnos are below 134 on Linux.
+const ERRNOS: usize = 134;
+/// Latency buckets: bucket b counts requests answered in under 2^b µs
+/// (and at least 2^(b-1) µs, for b > 0).
+const BUCKETS: usize = 32;
+
+pub struct Stats {
+    requests: [AtomicU64; OPS],
+    errors: [AtomicU64; ERRNOS],
+    latency: [AtomicU64; BUCKETS],
+    latency_sum_us: AtomicU64,
+    pub copy_ups: AtomicU64,
+    pub copy_up_bytes: AtomicU64,
+    pub copy_up_ns: AtomicU64,
+    pub whiteouts: AtomicU64,
+    pub redirects: AtomicU64,
+    pub passthrough_opens: AtomicU64,
+}
+
+/// The process's counters (one mount per process).
+pub static STATS: Stats = Stats {
+    requests: [const { AtomicU64::new(0) }; OPS],
+    errors: [const { AtomicU64::new(0) }; ERRNOS],
+    latency: [const { AtomicU64::new(0) }; BUCKETS],
+    latency_sum_us: AtomicU64::new(0),
+    copy_ups: AtomicU64::new(0),
+    copy_up_bytes: AtomicU64::new(0),
+    copy_up_ns: AtomicU64::new(0),
+    whiteouts: AtomicU64::new(0),
+    redirects: AtomicU64::new(0),
+    passthrough_opens: AtomicU64::new(0),
+};
+
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+impl Stats {
+    /// A request `opcode` answered with `error` (0 or -errno) after it
+    /// arrived at `start`.
+    pub fn answered(&self, opcode: u32, error: i32, start: Instant) {
+        if let Some(c) = self.requests.get(opcode as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+        if error < 0 {
+            if let Some(c) = self.errors.get(error.unsigned_abs() as usize) {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        let us = start.elapsed().as_micros() as u64;
+        let b = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
+        self.latency[b].fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// A copy-up of `bytes` of data that took `start.elapsed()`.
+    pub fn copied_up(&self, bytes: u64, start: Instant) {
+        add(&self.copy_ups, 1);
+        add(&self.copy_up_bytes, bytes);
+        add(&self.copy_up_ns, start.elapsed().as_nanos() as u64);
+    }
+
+    /// The latency (µs, the bucket's upper bound) under which a share
+    /// `q` of the requests were answered.
+    fn percentile(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self.latency.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (b, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(1u64 << b);
+            }
+        }
+        None
+    }
+}
+
+/// What a report shows beside the counters.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    pub nodes: usize,
+    pub open_files: usize,
+    pub transport: String,
+    pub passthrough: bool,
+}
+
+/// RSS (kB) and open fds of this process.
+fn process_gauges() -> (u64, usize) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    (rss, fds)
+}
+
+/// Name of a FUSE opcode, for reports.
+pub fn op_name(op: usize) -> &'static str {
+    const NAMES: [&str; 54] = [
+        "",
+        "lookup",
+        "forget",
+        "getattr",
+        "setattr",
+        "readlink",
+        "symlink",
+        "",
+        "mknod",
+        "mkdir",
+        "unlink",
+        "rmdir",
+        "rename",
+        "link",
+        "open",
+        "read",
+        "write",
+        "statfs",
+        "release",
+        "",
+        "fsync",
+        "setxattr",
+        "getxattr",
+        "listxattr",
+        "removexattr",
+        "flush",
+        "init",
+        "opendir",
+        "readdir",
+        "releasedir",
+        "fsyncdir",
+        "getlk",
+        "setlk",
+        "setlkw",
+        "access",
+        "create",
+        "interrupt",
+        "bmap",
+        "destroy",
+        "ioctl",
+        "poll",
+        "notify_reply",
+        "batch_forget",
+        "fallocate",
+        "readdirplus",
+        "rename2",
+        "lseek",
+        "copy_file_range",
+        "setupmapping",
+        "removemapping",
+        "syncfs",
+        "tmpfile",
+        "statx",
+        "copy_file_range_64",
+    ];
+    NAMES
+        .get(op)
+        .copied()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("other")
+}
+
+/// The symbolic name of an errno, for reports ("E123" for the rare ones).
+pub fn errno_name(e: usize) -> String {
+    const NAMES: &[(usize, &str)] = &[
+        (1, "EPERM"),
+        (2, "ENOENT"),
+        (4, "EINTR"),
+        (5, "EIO"),
+        (9, "EBADF"),
+        (11, "EAGAIN"),
+        (12, "ENOMEM"),
+        (13, "EACCES"),
+        (16, "EBUSY"),
+        (17, "EEXIST"),
+        (18, "EXDEV"),
+        (20, "ENOTDIR"),
+        (21, "EISDIR"),
+        (22, "EINVAL"),
+        (27, "EFBIG"),
+        (28, "ENOSPC"),
+        (30, "EROFS"),
+        (31, "EMLINK"),
+        (34, "ERANGE"),
+        (36, "ENAMETOOLONG"),
+        (38, "ENOSYS"),
+        (39, "ENOTEMPTY"),
+        (40, "ELOOP"),
+        (61, "ENODATA"),
+        (75, "EOVERFLOW"),
+        (95, "EOPNOTSUPP"),
+        (116, "ESTALE"),
+        (122, "EDQUOT"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == e)
+        .map_or_else(|| format!("E{e}"), |(_, s)| s.to_string())
+}
+
+/// The report for a person: one `name value` per line.
+pub fn render_text(s: &Stats, g: &Gauges) -> String {
+    let mut o = String::new();
+    let (rss, fds) = process_gauges();
+    let _ = writeln!(o, "transport {}", g.transport);
+    let _ = writeln!(
+        o,
+        "passthrough {}",
+        if g.passthrough { "on" } else { "off" }
+    );
+    let _ = writeln!(o, "nodes {}", g.nodes);
+    let _ = writeln!(o, "open_files {}", g.open_files);
+    let _ = writeln!(o, "rss_kb {rss}");
+    let _ = writeln!(o, "fds {fds}");
+    let load = |c: &AtomicU64| c.load(Relaxed);
+    let _ = writeln!(o, "copy_ups {}", load(&s.copy_ups));
+    let _ = writeln!(o, "copy_up_bytes {}", load(&s.copy_up_bytes));
+    let _ = writeln!(o, "copy_up_ms {:.3}", load(&s.copy_up_ns) as f64 / 1e6);
+    let _ = writeln!(o, "whiteouts {}", load(&s.whiteouts));
+    let _ = writeln!(o, "redirects {}", load(&s.redirects));
+    let _ = writeln!(o, "passthrough_opens {}", load(&s.passthrough_opens));
+    for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
+        if let Some(us) = s.percentile(q) {
+            let _ = writeln!(o, "latency_{name}_us {us}");
+        }
+    }
+    for (op, c) in s.requests.iter().enumerate() {
+        let n = load(c);
+        if n > 0 {
+            let _ = writeln!(o, "requests.{} {n}", op_name(op));
+        }
+    }
+    for (e, c) in s.errors.iter().enumerate() {
+        let n = load(c);
+        if n > 0 {
+            let _ = writeln!(o, "errors.{} {n}", errno_name(e));
+        }
+    }
+    o
+}
+
+/// The report for a scraper: Prometheus text exposition format.
+pub fn render_prometheus(s: &Stats, g: &Gauges) -> String {
+    let mut o = String::new();
+    let (rss, fds) = process_gauges();
+    let load = |c: &AtomicU64| c.load(Relaxed);
+    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(
+            o,
+            "# HELP ovlfuse_{name} {help}\n# TYPE ovlfuse_{name} {kind}"
+        );
+        for (labels, v) in lines {
+            let _ = writeln!(o, "ovlfuse_{name}{labels} {v}");
+        }
+    };
+    let one = |v: String| vec![(String::new(), v)];
+    let plain: [(&str, &str, &str, String); 12] = [
+        (
+            "nodes",
+            "gauge",
+            "Nodes the daemon holds.",
+            g.nodes.to_string(),
+        ),
+        (
+            "open_files",
+            "gauge",
+            "Open file handles.",
+            g.open_files.to_string(),
+        ),
+        (
+            "rss_bytes",
+            "gauge",
+            "Resident memory of the daemon.",
+            (rss * 1024).to_string(),
+        ),
+        (
+            "open_fds",
+            "gauge",
+            "File descriptors the daemon holds.",
+            fds.to_string(),
+        ),
+        (
+            "passthrough_enabled",
+            "gauge",
+            "Whether FUSE passthrough is on.",
+            (g.passthrough as u8).to_string(),
+        ),
+        (
+            "copy_ups_total",
+            "counter",
+            "Objects copied up.",
+            load(&s.copy_ups).to_string(),
+        ),
+        (
+            "copy_up_bytes_total",
+            "counter",
+            "Data bytes copied up.",
+            load(&s.copy_up_bytes).to_string(),
+        ),
+        (
+            "copy_up_seconds_total",
+            "counter",
+            "Time spent in copy-up.",
+            (load(&s.copy_up_ns) as f64 / 1e9).to_string(),
+        ),
+        (
+            "whiteouts_total",
+            "counter",
+            "Whiteouts written.",
+            load(&s.whiteouts).to_string(),
+        ),
+        (
+            "redirects_total",
+            "counter",
+            "Redirects written.",
+            load(&s.redirects).to_string(),
+        ),
+        (
+            "passthrough_opens_total",
+            "counter",
+            "Opens served by passthrough.",
+            load(&s.passthrough_opens).to_string(),
+        ),
+        ("up", "gauge", "The daemon answers.", "1".into()),
+    ];
+    for (name, kind, help, v) in plain {
+        metric(name, kind, help, one(v));
+    }
+    let t = vec![(format!("{{transport=\"{}\"}}", g.transport), "1".into())];
+    metric("transport_info", "gauge", "The FUSE transport in use.", t);
+    let by =
+        |v: &[AtomicU64], label: &str, name: &dyn Fn(usize) -> String| -> Vec<(String, String)> {
+            v.iter()
+                .enumerate()
+                .filter(|(_, c)| load(c) > 0)
+                .map(|(i, c)| (format!("{{{label}=\"{}\"}}", name(i)), load(c).to_string()))
+                .collect()
+        };
+    let reqs = by(&s.requests, "op", &|i| op_name(i).to_string());
+    metric(
+        "requests_total",
+        "counter",
+        "Requests answered, by operation.",
+        reqs,
+    );
+    let errs = by(&s.errors, "errno", &errno_name);
+    metric(
+        "errors_total",
+        "counter",
+        "Requests answered with an error, by errno.",
+        errs,
+    );
+    let mut cum = 0;
+    let mut buckets: Vec<(String, String)> = Vec::new();
+    for (b, c) in s.latency.iter().enumerate() {
+        cum += load(c);
+        let le = (1u64 << b) as f64 / 1e6;
+        buckets.push((format!("_bucket{{le=\"{le}\"}}"), cum.to_string()));
+    }
+    buckets.push(("_bucket{le=\"+Inf\"}".into(), cum.to_string()));
+    let sum = load(&s.latency_sum_us) as f64 / 1e6;
+    buckets.push(("_sum".into(), sum.to_string()));
+    buckets.push(("_count".into(), cum.to_string()));
+    metric(
+        "request_latency_seconds",
+        "histogram",
+        "Time from request to answer.",
+        buckets,
+    );
+    o
+}
