@@ -175,12 +175,14 @@ impl Checker {
     }
 
     fn check_dir(&mut self, path: Vec<u8>) {
-        let Ok(entries) = self.upper.read_dir(&path) else {
+        let Ok(mut entries) = self.upper.read_dir(&path) else {
             let p = show(&path);
             self.out
                 .found(p, "cannot be read", "check its permissions", None);
             return;
         };
+        // In name order: findings come out the same on every run.
+        entries.sort();
         let opaque = self.has(&path, &self.xn.opaque.clone());
         let lowers = if opaque {
             Vec::new()
@@ -310,6 +312,19 @@ impl Checker {
         }
         origin.is_some() || redirect.is_some()
     }
+}
+
+/// Removes an entry of `l`'s root, a tree for a dir.
+fn remove_tree(l: &Layer, name: &OsStr) -> bool {
+    let Ok(c) = to_c(name.as_bytes()) else {
+        return false;
+    };
+    if sys::unlinkat(l.fd(), &c, 0).is_ok() {
+        return true;
+    }
+    let dir = libc::O_RDONLY | libc::O_DIRECTORY;
+    sys::open_beneath(l.fd(), &c, dir, 0).is_ok_and(|d| clean_dir(&d).is_ok())
+        && sys::unlinkat(l.fd(), &c, libc::AT_REMOVEDIR).is_ok()
 }
 
 /// The kernel's metacopy xattr: empty, or its versioned struct (version 0,
@@ -449,6 +464,16 @@ impl Checker {
             let c = to_c(name.as_bytes());
             c.is_ok_and(|c| sys::unlinkat(ix.fd(), &c, 0).is_ok())
         };
+        if name.as_bytes().starts_with(b"#") {
+            // The kernel's shared whiteout (index=on keeps temp objects
+            // here) is left between mounts; other temps are leftovers.
+            if !format::is_whiteout(&st) {
+                let what = "leftover temp entry (an interrupted copy-up)";
+                self.out
+                    .found(p, what, "remove it", Some(&|| remove_tree(ix, name)));
+            }
+            return;
+        }
         if !hex || sys::is_dir(&st) {
             self.out
                 .found(p, "stray entry (not an index entry)", "remove it", None);

@@ -132,3 +132,217 @@ fn stats_of_something_else_say_what_it_is() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
+
+/// Runs `ovlfuse check` on the layers; (exit status, stdout).
+fn check(opts: &str, repair: bool) -> (i32, String) {
+    let mut c = Command::new(bin());
+    c.args(["check", "-o", opts]);
+    if repair {
+        c.arg("--repair");
+    }
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty() || !out.status.success(), "stderr: {err}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+const OVL: &str = "trusted.overlay.";
+
+/// A lower with plain files, dirs and hard links, and an upper the kernel
+/// wrote over it (redirect_dir=on,index=on): a whiteout, a renamed dir
+/// (redirect), copy-ups with origins, index entries for hard links.
+fn kernel_made(
+    s: &Scratch,
+) -> (
+    String,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let (l, u, w, m) = (s.0.join("l"), s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    write(&l.join("keep"), b"keep");
+    write(&l.join("dir1/f"), b"f");
+    write(&l.join("dir1/g"), b"g");
+    write(&l.join("src/f"), b"moved");
+    write(&l.join("gone"), b"to be deleted below");
+    for (a, b) in [("h1", "h2"), ("k1", "k2")] {
+        write(&l.join(a), b"linked");
+        fs::hard_link(l.join(a), l.join(b)).unwrap();
+    }
+    for d in [&u, &w, &m] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let extra = "redirect_dir=on,index=on";
+    {
+        let _k = KernelMount::new(std::slice::from_ref(&l), Some((&u, &w)), &m, extra);
+        fs::remove_file(m.join("dir1/f")).unwrap();
+        fs::rename(m.join("src"), m.join("dst")).unwrap();
+        for f in ["gone", "h1", "k1"] {
+            fs::set_permissions(m.join(f), fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let opts = overlay_opts(std::slice::from_ref(&l), Some((&u, &w)), extra);
+    (opts, l, u, w)
+}
+
+#[test]
+fn check_names_every_kind_of_corruption() {
+    let s = Scratch::new("check");
+    let (opts, l, u, w) = kernel_made(&s);
+    assert_eq!(
+        check(&opts, false),
+        (0, String::new()),
+        "the kernel's upper is clean"
+    );
+    whiteout(&u.join("nothing-below"));
+    write(&u.join(".wh.nothing-either"), b"");
+    for d in ["nowhere", "loop", "bad", "dst2", "opq"] {
+        fs::create_dir(u.join(d)).unwrap();
+    }
+    set_xattr(
+        &u.join("nowhere"),
+        &format!("{OVL}redirect"),
+        b"/no/such/dir",
+    );
+    set_xattr(&u.join("loop"), &format!("{OVL}redirect"), b"/loop/inner");
+    set_xattr(&u.join("bad"), &format!("{OVL}redirect"), b"../escape");
+    let r = get_xattr(&u.join("dst"), &format!("{OVL}redirect")).unwrap();
+    set_xattr(&u.join("dst2"), &format!("{OVL}redirect"), &r);
+    fs::remove_file(l.join("gone")).unwrap();
+    fs::remove_file(u.join("h1")).unwrap();
+    let k_index = fs::read_dir(w.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            !p.file_name().unwrap().to_string_lossy().starts_with('#')
+                && fs::metadata(p).unwrap().nlink_of() > 1
+        })
+        .expect("an index entry with an upper name");
+    set_xattr(&k_index, &format!("{OVL}nlink"), b"garbage");
+    write(&w.join("work/leftover"), b"half a copy-up");
+    let _ = fs::remove_dir(w.join("work/#1"));
+    set_xattr(&u.join("opq"), &format!("{OVL}opaque"), b"y");
+    write(&u.join("opq/.wh..wh..opq"), b"");
+    set_xattr(&u.join("dst"), &format!("{OVL}metacopy"), b"");
+    // The root's children carry origins; its impure mark goes.
+    let _ = Command::new("setfattr")
+        .args(["-x", &format!("{OVL}impure")])
+        .arg(&u)
+        .status();
+    let (code, out) = check(&opts, false);
+    assert_eq!(code, 4, "{out}");
+    for want in [
+        "/nothing-below: orphan whiteout",
+        "/.wh.nothing-either: orphan .wh. whiteout",
+        "/nowhere: redirect leads nowhere",
+        "/loop: redirect loops",
+        "/bad: bad redirect xattr",
+        "/dst2: redirects to the same lower dir as /dst",
+        "/gone: origin no longer resolves",
+        "W/index/",
+        "index entry whose upper inode has no name left",
+        "bad nlink xattr on the index entry",
+        "W/work: 1 leftover entries",
+        "/: children carry origins or redirects, but the dir is not marked impure",
+        "/opq/.wh..wh..opq: opaque marker file beside the opaque xattr",
+        "/dst: bad metacopy xattr",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // One line each, naming the fix.
+    assert!(out.lines().all(|l| l.contains("; fix: ")), "{out}");
+}
+
+trait Nlink {
+    fn nlink_of(&self) -> u64;
+}
+
+impl Nlink for fs::Metadata {
+    fn nlink_of(&self) -> u64 {
+        std::os::unix::fs::MetadataExt::nlink(self)
+    }
+}
+
+#[test]
+fn check_repair_fixes_what_is_safe_and_the_kernel_agrees() {
+    let s = Scratch::new("repair");
+    let (opts, l, u, w) = kernel_made(&s);
+    whiteout(&u.join("nothing-below"));
+    write(&u.join("dir1/.wh.nothing-either"), b"");
+    fs::create_dir(u.join("nowhere")).unwrap();
+    write(&u.join("nowhere/kept"), b"kept");
+    set_xattr(
+        &u.join("nowhere"),
+        &format!("{OVL}redirect"),
+        b"/no/such/dir",
+    );
+    fs::remove_file(u.join("h1")).unwrap();
+    fs::create_dir(u.join("opq")).unwrap();
+    set_xattr(&u.join("opq"), &format!("{OVL}opaque"), b"y");
+    write(&u.join("opq/.wh..wh..opq"), b"");
+    let _ = Command::new("setfattr")
+        .args(["-x", &format!("{OVL}impure")])
+        .arg(&u)
+        .status();
+    let m = s.0.join("m");
+    let view = |what: &str| {
+        let _o = OvlMount::new(&opts, &m);
+        let mut d = dump_tree(&m);
+        // The removed name's index entry: ovlfuse shows the lower h1 again.
+        d.retain(|k, _| !k.starts_with("h"));
+        (what.to_string(), d)
+    };
+    let before = view("ovlfuse before");
+    // After that mount, which empties W/work itself.
+    write(&w.join("work/leftover"), b"half a copy-up");
+    let (code, out) = check(&opts, true);
+    assert_eq!(code, 1, "all repaired:\n{out}");
+    assert_eq!(out.lines().count(), 7, "{out}");
+    assert!(out.lines().all(|l| l.contains("; repaired: ")), "{out}");
+    assert_eq!(
+        check(&opts, false),
+        (0, String::new()),
+        "clean after the repair"
+    );
+    let after = view("ovlfuse after");
+    assert_maps_eq(&after.1, &before.1, "ovlfuse's view is what it was");
+    let k = {
+        let _k = KernelMount::new(
+            std::slice::from_ref(&l),
+            Some((&u, &w)),
+            &m,
+            "redirect_dir=on,index=on",
+        );
+        let mut d = dump_tree(&m);
+        d.retain(|k, _| !k.starts_with("h"));
+        d
+    };
+    assert_maps_eq(
+        &after.1,
+        &k,
+        "the kernel shows the repaired upper as ovlfuse",
+    );
+}
+
+#[test]
+fn check_usage_errors_exit_8() {
+    let out = Command::new(bin()).args(["check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(8));
+    let out = Command::new(bin())
+        .args(["check", "-o", "lowerdir=/nonexistent-dir"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    let s = Scratch::new("check-usage");
+    fs::create_dir(s.0.join("l")).unwrap();
+    let o = format!("lowerdir={}", s.0.join("l").display());
+    let out = Command::new(bin())
+        .args(["check", "-o", &o])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8), "no upper to check");
+}
