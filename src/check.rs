@@ -4,24 +4,21 @@
 //! naming the path and the fix; `--repair` applies only fixes that leave
 //! the merged view as it was (or as the kernel shows it).
 //!
-//! The lowers are read through an overlay core that stacks the upper on
-//! top as its first lower (read-only, as a lower that once was an upper):
-//! its lookups give each upper dir the lower dirs it merges with, by the
-//! same rules as a mount, redirects and opaque dirs included.
+//! The lowers are read through offline.rs's view, which merges them as a
+//! mount would, redirects and opaque dirs included.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
 
-use crate::config::{Atime, Config, LowerDir};
+use crate::config::{Atime, Config};
 use crate::format::{self, FileHandle, XattrNames};
 use crate::layer::{join, to_c, Layer, Reach};
-use crate::node::Node;
+use crate::offline::Offline;
 use crate::sys::{self, Stat};
-use crate::workdir::{clean_dir, lock_in_use};
-use crate::{OvlFs, SetupError};
+use crate::workdir::clean_dir;
+use crate::SetupError;
 
 /// One problem found, and what was or is to be done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +55,9 @@ pub fn exit_code(findings: &[Finding]) -> i32 {
 }
 
 struct Checker {
-    upper: Layer,
+    o: Offline,
     index: Option<Layer>,
     work: Option<std::os::fd::OwnedFd>,
-    /// The upper stacked over the lowers, read-only.
-    view: OvlFs,
     xn: XattrNames,
     out: Out,
     /// Effective lower path of each redirected dir -> the first such dir.
@@ -72,43 +67,24 @@ struct Checker {
 /// Checks the upper and workdir of `cfg` (validated); repairs what is safe
 /// when `repair`. Refuses an upper that a mount holds.
 pub fn run(cfg: &Config, repair: bool) -> Result<Vec<Finding>, SetupError> {
-    let (Some(u), Some(w)) = (cfg.upper.clone(), cfg.work.clone()) else {
-        return Ok(Vec::new());
-    };
-    let reach = Reach::new(&crate::layer::common_dir(&u, &w), Atime::Never, false);
-    let open = |p: &std::path::Path, what| {
-        Layer::open(p, 0, false, &reach).map_err(|e| SetupError::io(what, p, e))
-    };
-    let upper = open(&u, "upperdir")?;
-    let wl = open(&w, "workdir")?;
-    lock_in_use(&wl, "workdir", &w)?;
-    lock_in_use(&upper, "upperdir", &u)?;
+    let o = Offline::open(cfg)?;
     let dir = libc::O_RDONLY | libc::O_DIRECTORY;
-    let work = sys::open_beneath(wl.fd(), c"work", dir, 0).ok();
-    let index = w.join("index");
-    let index = index
-        .is_dir()
-        .then(|| open(&index, "workdir"))
-        .transpose()?;
-    let top = LowerDir {
-        path: u.clone(),
-        data_only: false,
+    let wl = o.work.as_ref();
+    let work = wl.and_then(|w| sys::open_beneath(w.fd(), c"work", dir, 0).ok());
+    let index = match (&cfg.work, wl) {
+        (Some(w), Some(_)) if w.join("index").is_dir() => {
+            let p = w.join("index");
+            let reach = Reach::new(&p, Atime::Never, false);
+            Some(Layer::open(&p, 0, false, &reach).map_err(|e| SetupError::io("workdir", &p, e))?)
+        }
+        _ => None,
     };
-    let vc = Config {
-        lowers: std::iter::once(top)
-            .chain(cfg.lowers.iter().cloned())
-            .collect(),
-        userxattr: cfg.userxattr,
-        metacopy: true,
-        ..Config::default()
-    };
-    let view = OvlFs::new(vc)?;
+    let xn = o.xn.clone();
     let mut c = Checker {
-        upper,
+        o,
         index,
         work,
-        view,
-        xn: XattrNames::new(cfg.userxattr),
+        xn,
         out: Out {
             repair,
             findings: Vec::new(),
@@ -152,30 +128,8 @@ impl Out {
 }
 
 impl Checker {
-    /// The view's node of an upper dir (merged path `path`).
-    fn view_dir(&self, path: &[u8]) -> Option<Arc<Node>> {
-        let mut n = self.view.nodes.root();
-        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            n = self.view.lookup(&n, OsStr::from_bytes(comp), false).ok()?.0;
-        }
-        Some(n)
-    }
-
-    /// The lower dirs (layer, path) an upper dir merges with.
-    fn lower_dirs(&self, path: &[u8]) -> Vec<(u16, Vec<u8>)> {
-        let Some(n) = self.view_dir(path) else {
-            return Vec::new();
-        };
-        let lowers = n.state.read().lowers.clone();
-        lowers
-            .iter()
-            .filter(|l| l.layer != 0)
-            .map(|l| (l.layer, l.path_or(path)))
-            .collect()
-    }
-
     fn check_dir(&mut self, path: Vec<u8>) {
-        let Ok(mut entries) = self.upper.read_dir(&path) else {
+        let Ok(mut entries) = self.o.upper.read_dir(&path) else {
             let p = show(&path);
             self.out
                 .found(p, "cannot be read", "check its permissions", None);
@@ -187,12 +141,12 @@ impl Checker {
         let lowers = if opaque {
             Vec::new()
         } else {
-            self.lower_dirs(&path)
+            self.o.lower_dirs(&path)
         };
         let mut needs_impure = false;
         for (name, _, _) in entries {
             let cpath = join(&path, &name);
-            let Ok(st) = self.upper.stat(&cpath) else {
+            let Ok(st) = self.o.upper.stat(&cpath) else {
                 continue;
             };
             if name.as_bytes() == format::WH_OPAQUE {
@@ -210,7 +164,7 @@ impl Checker {
             }
         }
         if needs_impure && !self.has(&path, &self.xn.impure.clone()) {
-            let (u, name, p) = (&self.upper, self.xn.impure.clone(), path.clone());
+            let (u, name, p) = (&self.o.upper, self.xn.impure.clone(), path.clone());
             let fix = || u.setxattr(&p, &name, b"y", 0).is_ok();
             let what = "children carry origins or redirects, but the dir is not marked impure";
             self.out
@@ -219,7 +173,12 @@ impl Checker {
     }
 
     fn has(&self, path: &[u8], name: &CString) -> bool {
-        self.upper.try_getxattr(path, name).ok().flatten().is_some()
+        self.o
+            .upper
+            .try_getxattr(path, name)
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     /// `.wh..wh..opq` beside an opaque xattr: the kernel would show it as
@@ -228,7 +187,7 @@ impl Checker {
         if !opaque_xattr {
             return;
         }
-        let u = &self.upper;
+        let u = &self.o.upper;
         let fix = || {
             u.open_dir_path(dir)
                 .is_ok_and(|d| sys::unlinkat(d.as_fd(), c".wh..wh..opq", 0).is_ok())
@@ -241,14 +200,11 @@ impl Checker {
 
     /// A whiteout of `name` that hides nothing below is an orphan.
     fn whiteout(&mut self, wpath: &[u8], name: &OsStr, lowers: &[(u16, Vec<u8>)], aufs: bool) {
-        let hides = lowers.iter().any(|(l, dir)| {
-            let layer = &self.view.lowers[*l as usize];
-            layer.try_stat(&join(dir, name)).ok().flatten().is_some()
-        });
+        let hides = self.o.any_below(lowers, name);
         if hides {
             return;
         }
-        let (u, p) = (&self.upper, wpath.to_vec());
+        let (u, p) = (&self.o.upper, wpath.to_vec());
         let fix = || {
             let (dir, n) = crate::layer::split_parent(&p);
             let c = to_c(n.as_bytes());
@@ -267,6 +223,7 @@ impl Checker {
     /// an origin or redirect (its parent must be impure then).
     fn check_entry(&mut self, path: &[u8], st: &Stat) -> bool {
         let origin = self
+            .o
             .upper
             .try_getxattr(path, &self.xn.origin)
             .ok()
@@ -275,6 +232,7 @@ impl Checker {
             self.check_origin(path, v);
         }
         let redirect = self
+            .o
             .upper
             .try_getxattr(path, &self.xn.redirect)
             .ok()
@@ -283,6 +241,7 @@ impl Checker {
             self.check_redirect(path, r);
         }
         if let Some(v) = self
+            .o
             .upper
             .try_getxattr(path, &self.xn.metacopy)
             .ok()
@@ -300,7 +259,13 @@ impl Checker {
                 );
             }
         }
-        if let Some(v) = self.upper.try_getxattr(path, &self.xn.nlink).ok().flatten() {
+        if let Some(v) = self
+            .o
+            .upper
+            .try_getxattr(path, &self.xn.nlink)
+            .ok()
+            .flatten()
+        {
             if sys::is_dir(st) || format::parse_nlink(&v).is_none() {
                 self.out.found(
                     show(path),
@@ -335,7 +300,7 @@ fn metacopy_valid(v: &[u8]) -> bool {
 
 impl Checker {
     fn check_origin(&mut self, path: &[u8], v: &[u8]) {
-        let (u, p, name) = (&self.upper, path.to_vec(), self.xn.origin.clone());
+        let (u, p, name) = (&self.o.upper, path.to_vec(), self.xn.origin.clone());
         let drop_it = || u.removexattr(&p, &name).is_ok();
         let Some(fh) = FileHandle::decode(v) else {
             self.out.found(
@@ -348,7 +313,7 @@ impl Checker {
         };
         let mut stale = true;
         let mut devs = Vec::new();
-        for l in self.view.lowers.iter().skip(1) {
+        for l in self.o.view.lowers.iter().skip(1) {
             if devs.contains(&l.dev) {
                 continue;
             }
@@ -404,9 +369,9 @@ impl Checker {
                 return;
             }
         }
-        let lowers = self.lower_dirs(path);
+        let lowers = self.o.lower_dirs(path);
         let Some((_, target)) = lowers.first().cloned() else {
-            let (u, p, xn) = (&self.upper, path.to_vec(), self.xn.clone());
+            let (u, p, xn) = (&self.o.upper, path.to_vec(), self.xn.clone());
             // Opaque and without the redirect, it shows what it showed.
             let fix = || {
                 u.setxattr(&p, &xn.opaque, b"y", 0).is_ok()

@@ -52,6 +52,7 @@ pub mod logger;
 pub mod mount;
 pub mod namei;
 pub mod node;
+pub mod offline;
 pub mod open;
 pub mod ovl;
 pub mod passthrough;
