@@ -37,6 +37,8 @@
 pub mod check;
 pub mod config;
 pub mod copy_up;
+pub mod diff;
+pub mod diff_tar;
 pub mod dir;
 pub mod export;
 pub mod file;

@@ -31,6 +31,7 @@ Unmount with: fusermount3 -u MOUNTPOINT
 
 Subcommands (each has --help):
   ovlfuse check [--repair] -o lowerdir=..,upperdir=..,workdir=..   check an upper offline
+  ovlfuse diff [--tar FILE] -o lowerdir=..,upperdir=..              an upper's changes, or an OCI layer
   ovlfuse stats [--format text|prometheus] MOUNTPOINT               live statistics";
 
 #[derive(Parser, Debug)]
@@ -93,6 +94,7 @@ fn main() {
     {
         Some("check") => Some(tools::check),
         Some("stats") => Some(tools::stats),
+        Some("diff") => Some(tools::diff),
         _ => None,
     };
     if let Some(run) = tool {

@@ -52,7 +52,7 @@ fn parse<T: Parser>(args: &[OsString], usage: i32) -> T {
 
 /// The options as a validated config of layers; exits with `usage` on
 /// a bad one.
-fn layers(options: &[String], usage: i32) -> Config {
+fn layers(options: &[String], usage: i32, need_work: bool) -> Config {
     let fail = |e: &dyn std::fmt::Display| -> ! {
         eprintln!("ovlfuse: {e}");
         std::process::exit(usage)
@@ -62,7 +62,8 @@ fn layers(options: &[String], usage: i32) -> Config {
         cfg.apply_options(o).unwrap_or_else(|e| fail(&e));
     }
     let cwd = std::env::current_dir().unwrap_or_else(|e| fail(&e));
-    cfg.validate_offline(&cwd).unwrap_or_else(|e| fail(&e));
+    cfg.validate_offline(&cwd, need_work)
+        .unwrap_or_else(|e| fail(&e));
     cfg
 }
 
@@ -70,7 +71,7 @@ fn layers(options: &[String], usage: i32) -> Config {
 pub fn check(args: &[OsString]) -> i32 {
     use ovlfuse::check::{self, EXIT_USAGE};
     let cli: CheckCli = parse(args, EXIT_USAGE);
-    let cfg = layers(&cli.options, EXIT_USAGE);
+    let cfg = layers(&cli.options, EXIT_USAGE, true);
     if cfg.upper.is_none() {
         eprintln!("ovlfuse: check needs upperdir= and workdir=: it checks an upper layer");
         return EXIT_USAGE;
@@ -132,6 +133,73 @@ pub fn stats(args: &[OsString]) -> i32 {
                 _ => e.to_string(),
             };
             eprintln!("ovlfuse: {}: {why}", cli.mountpoint.display());
+            1
+        }
+    }
+}
+
+const DIFF_HELP: &str = "\
+Lists the changes an upper layer makes to its lowers, as docker diff does:
+A added, C changed, D deleted, one path a line. It reads the upper's own
+entries and markers and looks names up in the lowers, without walking
+them. With --tar FILE (- for stdout) it also writes the changes as an OCI
+layer tarball: whiteouts as .wh.NAME, replaced dirs with .wh..wh..opq, a
+renamed dir as a delete of its old path and its full content at the new
+one, hard links as links, xattrs as PAX records, metacopy files with
+their data. The overlay must not be mounted.";
+
+#[derive(Parser, Debug)]
+#[command(name = "ovlfuse diff", about = "The changes an upper layer makes, as a list or an OCI layer", after_help = DIFF_HELP)]
+struct DiffCli {
+    /// lowerdir=..,upperdir=..[,workdir=..] and the mount's other options
+    #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append, required = true)]
+    options: Vec<String>,
+    /// Also write the changes as an OCI layer tarball (- for stdout)
+    #[arg(long, value_name = "FILE")]
+    tar: Option<PathBuf>,
+}
+
+/// `ovlfuse diff`; returns the exit status.
+pub fn diff(args: &[OsString]) -> i32 {
+    let cli: DiffCli = parse(args, 1);
+    let cfg = layers(&cli.options, 1, false);
+    if cfg.upper.is_none() {
+        eprintln!("ovlfuse: diff needs upperdir=: it lists what an upper layer changes");
+        return 1;
+    }
+    let o = match ovlfuse::offline::Offline::open(&cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ovlfuse: {e}");
+            return 1;
+        }
+    };
+    let to_stdout = cli.tar.as_deref() == Some(std::path::Path::new("-"));
+    let tar: Option<Box<dyn std::io::Write>> = match &cli.tar {
+        None => None,
+        Some(_) if to_stdout => Some(Box::new(std::io::stdout().lock())),
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Some(Box::new(std::io::BufWriter::new(f))),
+            Err(e) => {
+                eprintln!("ovlfuse: --tar {}: {e}", p.display());
+                return 1;
+            }
+        },
+    };
+    match ovlfuse::diff::run(&o, tar) {
+        Ok(changes) => {
+            // With the tar on stdout, the list goes to stderr.
+            for c in &changes {
+                if to_stdout {
+                    eprintln!("{c}");
+                } else {
+                    println!("{c}");
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("ovlfuse: diff: {e}");
             1
         }
     }

@@ -346,3 +346,202 @@ fn check_usage_errors_exit_8() {
         .unwrap();
     assert_eq!(out.status.code(), Some(8), "no upper to check");
 }
+
+/// Applies an OCI layer tarball to `dst` by the image-spec's rules:
+/// whiteouts first (they act on what was there before the layer), then
+/// every other entry, with owners, modes, xattrs and hard links.
+fn oci_apply(layer: &Path, dst: &Path) {
+    let mut gone = Vec::new();
+    let mut ar = tar::Archive::new(fs::File::open(layer).unwrap());
+    for e in ar.entries().unwrap() {
+        let p = e.unwrap().path().unwrap().into_owned();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name == ".wh..wh..opq" {
+            for c in fs::read_dir(dst.join(p.parent().unwrap())).unwrap() {
+                gone.push(c.unwrap().path());
+            }
+        } else if let Some(n) = name.strip_prefix(".wh.") {
+            gone.push(dst.join(p.parent().unwrap()).join(n));
+        }
+    }
+    for g in gone {
+        if fs::symlink_metadata(&g).is_ok_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&g).unwrap();
+        } else {
+            fs::remove_file(&g).unwrap();
+        }
+    }
+    let mut ar = tar::Archive::new(fs::File::open(layer).unwrap());
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_ownerships(true);
+    ar.set_unpack_xattrs(true);
+    ar.set_overwrite(true);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().into_owned();
+        if p.file_name().unwrap().to_string_lossy().starts_with(".wh.") {
+            continue;
+        }
+        if e.header().entry_type() == tar::EntryType::Fifo {
+            // The tar crate makes fifos regular files.
+            let mode = e.header().mode().unwrap();
+            mknod(&dst.join(&p), libc::S_IFIFO | mode, 0);
+            fs::set_permissions(dst.join(&p), fs::Permissions::from_mode(mode)).unwrap();
+            continue;
+        }
+        assert!(e.unpack_in(dst).unwrap(), "{}", p.display());
+    }
+}
+
+/// A tree dump without times (extraction sets dir times as it goes) or
+/// dir link counts (a merged dir shows 1).
+fn dump_timeless(root: &Path) -> BTreeMap<String, String> {
+    let mut d = dump_tree(root);
+    for v in d.values_mut() {
+        *v = v.replace(" mtime=fixed", "");
+        if v.starts_with("dir ") {
+            if let Some(i) = v.find(" nlink=") {
+                let end = v[i + 1..].find(' ').map_or(v.len(), |j| i + 1 + j);
+                v.replace_range(i..end, "");
+            }
+        }
+    }
+    d
+}
+
+#[test]
+fn diff_tar_over_the_lowers_gives_the_merged_view() {
+    let s = Scratch::new("diff");
+    let (l1, l2, u, w, m) = (
+        s.0.join("l1"),
+        s.0.join("l2"),
+        s.0.join("u"),
+        s.0.join("w"),
+        s.0.join("m"),
+    );
+    write(&l2.join("a"), b"a below");
+    write(&l2.join("b"), b"b");
+    write(&l2.join("src/sub/f"), b"moved with its dir");
+    write(&l2.join("opq/old"), b"hidden by an opaque dir");
+    write(&l1.join("dir/x"), b"x");
+    write(&l1.join("meta"), &[b'm'; 5000]);
+    write(&l1.join("src/top"), b"top of the moved dir");
+    set_xattr(&l1.join("dir/x"), "user.kept", b"1");
+    fix_times(&l1);
+    fix_times(&l2);
+    for d in [&u, &w, &m] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let lowers = [l1.clone(), l2.clone()];
+    let extra = "redirect_dir=on,metacopy=on";
+    {
+        let _k = KernelMount::new(&lowers, Some((&u, &w)), &m, extra);
+        append(&m.join("a"), b" and more").unwrap();
+        fs::remove_file(m.join("b")).unwrap();
+        fs::rename(m.join("src"), m.join("moved")).unwrap();
+        fs::remove_dir_all(m.join("opq")).unwrap();
+        write(&m.join("opq/new"), b"new in a re-made dir");
+        write(&m.join("dir/new"), b"new");
+        set_xattr(&m.join("dir/new"), "user.k", b"v");
+        fs::hard_link(m.join("dir/new"), m.join("linked")).unwrap();
+        std::os::unix::fs::symlink("dir/x", m.join("sym")).unwrap();
+        mknod(&m.join("fifo"), libc::S_IFIFO | 0o640, 0);
+        // metacopy: the upper gets the new mode, the data stays below.
+        fs::set_permissions(m.join("meta"), fs::Permissions::from_mode(0o600)).unwrap();
+        write(&m.join("deep/er/file"), b"deep");
+    }
+    assert!(
+        get_xattr(&u.join("meta"), "trusted.overlay.metacopy").is_ok(),
+        "a metacopy upper"
+    );
+    let opts = overlay_opts(&lowers, Some((&u, &w)), extra);
+    let layer = s.0.join("layer.tar");
+    let out = output_ok(
+        Command::new(bin())
+            .args(["diff", "--tar"])
+            .arg(&layer)
+            .args(["-o", &opts]),
+    );
+    for want in [
+        "C /a",
+        "D /b",
+        "D /src",
+        "A /moved",
+        "A /moved/sub/f",
+        "A /moved/top",
+        "C /opq",
+        "D /opq/old",
+        "A /opq/new",
+        "C /dir",
+        "A /dir/new",
+        "A /linked",
+        "A /sym",
+        "A /fifo",
+        "C /meta",
+        "A /deep/er/file",
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "missing {want:?} in:\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("/dir/x"),
+        "untouched lower files are not changes:\n{out}"
+    );
+    // The lowers as one image, then the layer over it.
+    let image = s.0.join("image");
+    {
+        let _k = KernelMount::new(&lowers, None, &m, "");
+        let cp = Command::new("cp")
+            .args(["-a", "--preserve=all"])
+            .arg(&m)
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+    }
+    oci_apply(&layer, &image);
+    let merged = {
+        let _k = KernelMount::new(&lowers, Some((&u, &w)), &m, extra);
+        dump_timeless(&m)
+    };
+    assert_maps_eq(
+        &dump_timeless(&image),
+        &merged,
+        "the layer applied over the lowers",
+    );
+}
+
+#[test]
+fn diff_list_needs_no_workdir_and_refuses_a_live_upper() {
+    let s = Scratch::new("diff-live");
+    let (l, u, w, m) = (s.0.join("l"), s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    write(&l.join("f"), b"f");
+    for d in [&u, &w, &m] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let opts = overlay_opts(std::slice::from_ref(&l), Some((&u, &w)), "");
+    let mnt = OvlMount::new(&opts, &m);
+    write(&m.join("g"), b"g");
+    let live = Command::new(bin())
+        .args(["diff", "-o", &opts])
+        .output()
+        .unwrap();
+    assert_eq!(live.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&live.stderr).contains("in use"),
+        "{live:?}"
+    );
+    let busy = Command::new(bin())
+        .args(["check", "-o", &opts])
+        .output()
+        .unwrap();
+    assert_eq!(busy.status.code(), Some(8), "{busy:?}");
+    drop(mnt);
+    let o = format!("lowerdir={},upperdir={}", l.display(), u.display());
+    assert_eq!(
+        output_ok(Command::new(bin()).args(["diff", "-o", &o])),
+        "A /g\n"
+    );
+}

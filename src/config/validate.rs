@@ -22,8 +22,29 @@ impl Config {
     }
 
     /// validate for tools that work on the layers without a mount
-    /// (`ovlfuse check`, `ovlfuse diff`).
-    pub fn validate_offline(&mut self, cwd: &Path) -> Result<(), ConfigError> {
+    /// (`ovlfuse check`, `ovlfuse diff`); `need_work`: whether an upper
+    /// needs its workdir (diff reads an upper alone).
+    pub fn validate_offline(&mut self, cwd: &Path, need_work: bool) -> Result<(), ConfigError> {
+        if !need_work && self.work.is_none() {
+            if let Some(u) = self.upper.take() {
+                self.check_options()?;
+                self.resolve_layers(cwd, None)?;
+                let u = canonical_dir(cwd, &u, "upperdir")?;
+                if let Some(l) = self
+                    .lowers
+                    .iter()
+                    .find(|l| l.path.starts_with(&u) || u.starts_with(&l.path))
+                {
+                    return err(format!(
+                        "upperdir {} overlaps lowerdir {}",
+                        u.display(),
+                        l.path.display()
+                    ));
+                }
+                self.upper = Some(u);
+                return Ok(());
+            }
+        }
         self.check_options()?;
         self.resolve_layers(cwd, None)
     }
