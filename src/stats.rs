@@ -22,11 +22,44 @@ const ERRNOS: usize = 134;
 /// (and at least 2^(b-1) µs, for b > 0).
 const BUCKETS: usize = 32;
 
-pub struct Stats {
+/// The per-request counters of one shard. Threads count in their own
+/// shard, so that no two answer threads bounce one cache line; a report
+/// adds the shards up.
+#[repr(align(128))]
+struct Shard {
     requests: [AtomicU64; OPS],
     errors: [AtomicU64; ERRNOS],
     latency: [AtomicU64; BUCKETS],
     latency_sum_us: AtomicU64,
+}
+
+// Only ever copied into STATS: each copy is a shard of its own.
+#[allow(clippy::declare_interior_mutable_const)]
+const SHARD: Shard = Shard {
+    requests: [const { AtomicU64::new(0) }; OPS],
+    errors: [const { AtomicU64::new(0) }; ERRNOS],
+    latency: [const { AtomicU64::new(0) }; BUCKETS],
+    latency_sum_us: AtomicU64::new(0),
+};
+
+const SHARDS: usize = 16;
+
+/// This thread's shard, handed out round robin at its first request.
+fn my_shard() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static MINE: Cell<usize> = const { Cell::new(usize::MAX) });
+    MINE.with(|m| {
+        if m.get() == usize::MAX {
+            m.set(NEXT.fetch_add(1, Relaxed) % SHARDS);
+        }
+        m.get()
+    })
+}
+
+pub struct Stats {
+    shards: [Shard; SHARDS],
     pub copy_ups: AtomicU64,
     pub copy_up_bytes: AtomicU64,
     pub copy_up_ns: AtomicU64,
@@ -37,10 +70,7 @@ pub struct Stats {
 
 /// The process's counters (one mount per process).
 pub static STATS: Stats = Stats {
-    requests: [const { AtomicU64::new(0) }; OPS],
-    errors: [const { AtomicU64::new(0) }; ERRNOS],
-    latency: [const { AtomicU64::new(0) }; BUCKETS],
-    latency_sum_us: AtomicU64::new(0),
+    shards: [SHARD; SHARDS],
     copy_ups: AtomicU64::new(0),
     copy_up_bytes: AtomicU64::new(0),
     copy_up_ns: AtomicU64::new(0),
@@ -57,18 +87,36 @@ impl Stats {
     /// A request `opcode` answered with `error` (0 or -errno) after it
     /// arrived at `start`.
     pub fn answered(&self, opcode: u32, error: i32, start: Instant) {
-        if let Some(c) = self.requests.get(opcode as usize) {
+        let s = &self.shards[my_shard()];
+        if let Some(c) = s.requests.get(opcode as usize) {
             c.fetch_add(1, Relaxed);
         }
         if error < 0 {
-            if let Some(c) = self.errors.get(error.unsigned_abs() as usize) {
+            if let Some(c) = s.errors.get(error.unsigned_abs() as usize) {
                 c.fetch_add(1, Relaxed);
             }
         }
         let us = start.elapsed().as_micros() as u64;
         let b = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
-        self.latency[b].fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(us, Relaxed);
+        s.latency[b].fetch_add(1, Relaxed);
+        s.latency_sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// One per-request counter summed over the shards.
+    fn sum(&self, pick: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| pick(s).load(Relaxed)).sum()
+    }
+
+    fn requests(&self) -> Vec<u64> {
+        (0..OPS).map(|i| self.sum(|s| &s.requests[i])).collect()
+    }
+
+    fn errors(&self) -> Vec<u64> {
+        (0..ERRNOS).map(|i| self.sum(|s| &s.errors[i])).collect()
+    }
+
+    fn latency(&self) -> Vec<u64> {
+        (0..BUCKETS).map(|i| self.sum(|s| &s.latency[i])).collect()
     }
 
     /// A copy-up of `bytes` of data that took `start.elapsed()`.
@@ -81,7 +129,7 @@ impl Stats {
     /// The latency (µs, the bucket's upper bound) under which a share
     /// `q` of the requests were answered.
     fn percentile(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self.latency.iter().map(|c| c.load(Relaxed)).collect();
+        let counts = self.latency();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -250,17 +298,11 @@ pub fn render_text(s: &Stats, g: &Gauges) -> String {
             let _ = writeln!(o, "latency_{name}_us {us}");
         }
     }
-    for (op, c) in s.requests.iter().enumerate() {
-        let n = load(c);
-        if n > 0 {
-            let _ = writeln!(o, "requests.{} {n}", op_name(op));
-        }
+    for (op, n) in s.requests().into_iter().enumerate().filter(|x| x.1 > 0) {
+        let _ = writeln!(o, "requests.{} {n}", op_name(op));
     }
-    for (e, c) in s.errors.iter().enumerate() {
-        let n = load(c);
-        if n > 0 {
-            let _ = writeln!(o, "errors.{} {n}", errno_name(e));
-        }
+    for (e, n) in s.errors().into_iter().enumerate().filter(|x| x.1 > 0) {
+        let _ = writeln!(o, "errors.{} {n}", errno_name(e));
     }
     o
 }
@@ -354,22 +396,21 @@ pub fn render_prometheus(s: &Stats, g: &Gauges) -> String {
     }
     let t = vec![(format!("{{transport=\"{}\"}}", g.transport), "1".into())];
     metric("transport_info", "gauge", "The FUSE transport in use.", t);
-    let by =
-        |v: &[AtomicU64], label: &str, name: &dyn Fn(usize) -> String| -> Vec<(String, String)> {
-            v.iter()
-                .enumerate()
-                .filter(|(_, c)| load(c) > 0)
-                .map(|(i, c)| (format!("{{{label}=\"{}\"}}", name(i)), load(c).to_string()))
-                .collect()
-        };
-    let reqs = by(&s.requests, "op", &|i| op_name(i).to_string());
+    let by = |v: Vec<u64>, label: &str, name: &dyn Fn(usize) -> String| -> Vec<(String, String)> {
+        v.into_iter()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .map(|(i, n)| (format!("{{{label}=\"{}\"}}", name(i)), n.to_string()))
+            .collect()
+    };
+    let reqs = by(s.requests(), "op", &|i| op_name(i).to_string());
     metric(
         "requests_total",
         "counter",
         "Requests answered, by operation.",
         reqs,
     );
-    let errs = by(&s.errors, "errno", &errno_name);
+    let errs = by(s.errors(), "errno", &errno_name);
     metric(
         "errors_total",
         "counter",
@@ -378,13 +419,13 @@ pub fn render_prometheus(s: &Stats, g: &Gauges) -> String {
     );
     let mut cum = 0;
     let mut buckets: Vec<(String, String)> = Vec::new();
-    for (b, c) in s.latency.iter().enumerate() {
-        cum += load(c);
+    for (b, n) in s.latency().into_iter().enumerate() {
+        cum += n;
         let le = (1u64 << b) as f64 / 1e6;
         buckets.push((format!("_bucket{{le=\"{le}\"}}"), cum.to_string()));
     }
     buckets.push(("_bucket{le=\"+Inf\"}".into(), cum.to_string()));
-    let sum = load(&s.latency_sum_us) as f64 / 1e6;
+    let sum = s.sum(|x| &x.latency_sum_us) as f64 / 1e6;
     buckets.push(("_sum".into(), sum.to_string()));
     buckets.push(("_count".into(), cum.to_string()));
     metric(
