@@ -173,6 +173,9 @@ impl OvlFs {
         if f.may_be_setid() {
             return None;
         }
+        // A lower file's readers must reach the copy after a copy-up, which
+        // a passthrough open cannot; nor may the inode's later opens use
+        // another backing file (README, Benchmarks): lower files stay off.
         let stable = if self.read_only() {
             !f.node.state.read().metacopy
         } else {

@@ -270,3 +270,55 @@ fn corrupt_nlink_and_index_origin_match_the_kernel() {
         "ovlfuse vs kernel over the corrupt layers"
     );
 }
+
+/// What a read-only fd held across a copy-up reads afterwards: the copy,
+/// as on the kernel's overlay since Linux 4.19, where Docker's notes still
+/// list the older behaviour (the lower file). A new open reads the copy,
+/// writes reach the upper only, and the lower file is untouched.
+#[test]
+fn a_read_fd_held_across_copy_up_reads_the_copy_as_on_the_kernel() {
+    use std::io::{Read, Seek};
+    let s = Scratch::new("held-fd");
+    let (l, u, w, m) = (s.0.join("l"), s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    for name in ["kernel", "ovlfuse"] {
+        for d in [&l, &u, &w, &m] {
+            let _ = fs::remove_dir_all(d);
+            fs::create_dir_all(d).unwrap();
+        }
+        write(&l.join("f"), b"old");
+        let read_all = |f: &mut fs::File| {
+            let mut v = Vec::new();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut v).unwrap();
+            v
+        };
+        let lowers = [l.clone()];
+        let (_k, _o) = match name {
+            "kernel" => (
+                Some(KernelMount::new(&lowers, Some((&u, &w)), &m, "")),
+                None,
+            ),
+            _ => (
+                None,
+                Some(OvlMount::layers(&lowers, Some((&u, &w)), &m, "")),
+            ),
+        };
+        let mut held = fs::File::open(m.join("f")).unwrap();
+        assert_eq!(read_all(&mut held), b"old");
+        let mut wr = fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("f"))
+            .unwrap();
+        wr.write_all(b" and new").unwrap();
+        drop(wr);
+        assert_eq!(read_all(&mut held), b"old and new", "{name}: the held fd");
+        let mut fresh = fs::File::open(m.join("f")).unwrap();
+        assert_eq!(read_all(&mut fresh), b"old and new", "{name}: a new open");
+        assert_eq!(
+            fs::read(u.join("f")).unwrap(),
+            b"old and new",
+            "{name}: the upper"
+        );
+        assert_eq!(fs::read(l.join("f")).unwrap(), b"old", "{name}: the lower");
+    }
+}

@@ -549,10 +549,17 @@ fn diff_list_needs_no_workdir_and_refuses_a_live_upper() {
 #[test]
 fn each_subcommand_has_help_and_a_man_page_section() {
     let man = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/ovlfuse.1")).unwrap();
-    for (sub, words) in [("check", "e2fsck"), ("diff", "OCI layer"), ("stats", "prometheus")] {
+    for (sub, words) in [
+        ("check", "e2fsck"),
+        ("diff", "OCI layer"),
+        ("stats", "prometheus"),
+    ] {
         let out = output_ok(Command::new(bin()).args([sub, "--help"]));
         assert!(out.contains(words), "ovlfuse {sub} --help:\n{out}");
-        assert!(man.contains(&format!(".SS ovlfuse {sub} ")), "no man section for {sub}");
+        assert!(
+            man.contains(&format!(".SS ovlfuse {sub} ")),
+            "no man section for {sub}"
+        );
     }
     let top = output_ok(Command::new(bin()).arg("--help"));
     for sub in ["ovlfuse check", "ovlfuse diff", "ovlfuse stats"] {

@@ -4,12 +4,11 @@
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
 
 use super::entry::{caller, creds};
 use super::{attr, tryr, OvlFuse};
 use crate::stats;
-use crate::wire::{Attr, BackingId, DirBuf, Entry, Reply, Request};
+use crate::wire::{Attr, BackingId, DirBuf, Entry, OpenIo, Reply, Request};
 
 impl OvlFuse {
     /// Picks the I/O mode of a new open (passthrough.rs).
@@ -18,24 +17,24 @@ impl OvlFuse {
         ino: u64,
         fh: u64,
         register: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+    ) -> OpenIo {
         let fd = self
             .pt
             .enabled()
             .then(|| self.fs.passthrough_fd(fh))
             .flatten();
-        let b = self.pt.start(ino, fh, fd, register);
-        if b.is_some() {
+        let io = self.pt.start(ino, fh, fd, register);
+        if matches!(io, OpenIo::Passthrough(_)) {
             stats::add(&stats::STATS.passthrough_opens, 1);
         }
-        b
+        io
     }
 
     pub(super) fn open(&self, req: &Request, flags: u32, reply: Reply) {
         let n = tryr!(reply, self.node(req.nodeid));
         let fh = tryr!(reply, self.fs.open(&n, flags as i32));
-        let b = self.start_io(n.ino, fh, |fd| reply.open_backing(fd));
-        reply.opened(fh, b.as_deref())
+        let io = self.start_io(n.ino, fh, |fd| reply.open_backing(fd));
+        reply.opened(fh, &io)
     }
 
     pub(super) fn create(
@@ -52,8 +51,8 @@ impl OvlFuse {
         let r = self.fs.create(&p, name, mode, flags as i32, creds(req));
         let (node, st, fh) = tryr!(reply, r);
         let a = attr(&st);
-        let b = self.start_io(node.ino, fh, |fd| reply.open_backing(fd));
-        reply.created(&self.entry_of(&node, &a), fh, b.as_deref())
+        let io = self.start_io(node.ino, fh, |fd| reply.open_backing(fd));
+        reply.created(&self.entry_of(&node, &a), fh, &io)
     }
 
     pub(super) fn read(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
@@ -120,7 +119,7 @@ impl OvlFuse {
         // listing ends on a new handle, and a merged listing's offsets are
         // positions in one handle's snapshot, not cookies stable across
         // changes (names were listed twice under concurrent renames).
-        reply.opened(fh, None)
+        reply.opened(fh, &OpenIo::Cached)
     }
 
     pub(super) fn releasedir(&self, fh: u64, reply: Reply) {

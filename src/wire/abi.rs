@@ -70,6 +70,7 @@ pub mod init {
 
 /// FOPEN_* flags of an open reply.
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
+pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 
 /// SETATTR valid bits.
 pub mod fattr {

@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 pub use abi::Attr;
-pub use reply::{DirBuf, Entry, Reply};
+pub use reply::{DirBuf, Entry, OpenIo, Reply};
 pub use request::{Op, Request, SetattrIn};
 pub use session::{Acl, Notifier, Session};
 

@@ -31,6 +31,18 @@ pub fn write_reply(fd: BorrowedFd, unique: u64, error: i32, payload: &[&[u8]]) -
     crate::sys::fuse_dev::write_message(fd, &parts).map(drop)
 }
 
+/// How an open does its I/O.
+#[derive(Debug, Clone)]
+pub enum OpenIo {
+    /// Through the daemon, with the kernel's page cache.
+    Cached,
+    /// Through the daemon, bypassing the page cache: the one mode the
+    /// kernel lets an open take beside passthrough opens of the inode.
+    Direct,
+    /// The kernel does the I/O on the backing file.
+    Passthrough(Arc<BackingId>),
+}
+
 /// The answer to one request.
 pub struct Reply {
     unique: u64,
@@ -116,24 +128,25 @@ impl Reply {
         self.send(0, &[&w.buf])
     }
 
-    fn open_out(w: &mut Writer, fh: u64, backing: Option<&BackingId>) {
-        let (flags, id) = match backing {
-            Some(b) => (abi::FOPEN_PASSTHROUGH, b.id()),
-            None => (0, 0),
+    fn open_out(w: &mut Writer, fh: u64, io: &OpenIo) {
+        let (flags, id) = match io {
+            OpenIo::Cached => (0, 0),
+            OpenIo::Direct => (abi::FOPEN_DIRECT_IO, 0),
+            OpenIo::Passthrough(b) => (abi::FOPEN_PASSTHROUGH, b.id()),
         };
         w.u64(fh).u32(flags).u32(id);
     }
 
-    pub fn opened(self, fh: u64, backing: Option<&BackingId>) {
+    pub fn opened(self, fh: u64, io: &OpenIo) {
         let mut w = Writer::with_capacity(16);
-        Self::open_out(&mut w, fh, backing);
+        Self::open_out(&mut w, fh, io);
         self.send(0, &[&w.buf])
     }
 
-    pub fn created(self, e: &Entry, fh: u64, backing: Option<&BackingId>) {
+    pub fn created(self, e: &Entry, fh: u64, io: &OpenIo) {
         let mut w = Writer::with_capacity(abi::ENTRY_OUT_LEN + 16);
         e.write(&mut w);
-        Self::open_out(&mut w, fh, backing);
+        Self::open_out(&mut w, fh, io);
         self.send(0, &[&w.buf])
     }
 
