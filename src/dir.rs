@@ -284,7 +284,7 @@ impl OvlFs {
             ino,
             kind: st.st_mode & libc::S_IFMT,
             upper: true,
-            lowers: Vec::new(),
+            lowers: Default::default(),
             redirect: None,
             index: None,
             nlink: None,

@@ -7,6 +7,7 @@
 //! table while the kernel holds lookups on it or anything (a child, an open
 //! file) refers to it; its memory is freed on the last FORGET.
 
+use smallvec::SmallVec;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -46,13 +47,18 @@ impl LowerRef {
     }
 }
 
+/// The names of an object: one for nearly all, kept in the node itself.
+pub type Aliases = SmallVec<[(Arc<Node>, OsString); 1]>;
+/// A lower stack: one entry for nearly all, kept in the node itself.
+pub type Lowers = SmallVec<[LowerRef; 1]>;
+
 #[derive(Debug, Default)]
 pub struct NodeState {
     /// (parent, name) pairs under which the object is known. Dirs have one,
     /// the root none; hard-linked files one per name looked up.
-    pub aliases: Vec<(Arc<Node>, OsString)>,
+    pub aliases: Aliases,
     /// Lower stack, top first. A non-dir has at most one entry.
-    pub lowers: Vec<LowerRef>,
+    pub lowers: Lowers,
     /// Removed through the mount: no name leads to it any more.
     pub dead: bool,
     /// The upper dir's redirect xattr (where its lower content lives).
@@ -256,7 +262,7 @@ pub struct Found {
     pub ino: u64,
     pub kind: u32,
     pub upper: bool,
-    pub lowers: Vec<LowerRef>,
+    pub lowers: Lowers,
     pub redirect: Option<Arc<[u8]>>,
     pub index: Option<Arc<str>>,
     pub nlink: Option<u32>,
@@ -382,7 +388,7 @@ impl NodeTable {
                 f.kind,
                 f.upper,
                 NodeState {
-                    aliases: vec![(parent.clone(), name.to_os_string())],
+                    aliases: smallvec::smallvec![(parent.clone(), name.to_os_string())],
                     lowers: f.lowers.clone(),
                     dead: false,
                     redirect: f.redirect.clone(),

@@ -122,8 +122,8 @@ impl OvlFs {
             libc::S_IFDIR,
             upper.is_some(),
             NodeState {
-                aliases: Vec::new(),
-                lowers: root_lowers,
+                aliases: Default::default(),
+                lowers: root_lowers.into(),
                 ..Default::default()
             },
         );

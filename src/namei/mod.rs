@@ -34,7 +34,7 @@ struct LookupData {
     metacopy: bool,
     /// The blocks of a metacopy file's data (the bottom of its stack).
     data_blocks: Option<libc::blkcnt_t>,
-    lowers: Vec<LowerRef>,
+    lowers: crate::node::Lowers,
     /// Whether to go on below the object found so far.
     descend: bool,
     /// The lookups still to do, one per lower layer.
@@ -73,7 +73,7 @@ impl LookupData {
             indexed: false,
             metacopy: false,
             data_blocks: None,
-            lowers: Vec::new(),
+            lowers: Default::default(),
             descend: true,
             cands,
             walking: false,
