@@ -87,8 +87,8 @@ fn die(msg: impl std::fmt::Display) -> ! {
 
 mod tools;
 
-fn main() {
-    // The subcommands beside the mount (tools.rs).
+/// The subcommands beside the mount (tools.rs), if argv names one.
+fn run_tool() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let tool: Option<fn(&[std::ffi::OsString]) -> i32> = match args.get(1).and_then(|a| a.to_str())
     {
@@ -100,6 +100,10 @@ fn main() {
     if let Some(run) = tool {
         exit(run(&args[1..]));
     }
+}
+
+fn main() {
+    run_tool();
     let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     // Blocked from the start: a SIGTERM that comes as soon as the mount
     // appears must unmount it, not kill the process and leave it behind.
@@ -157,22 +161,7 @@ fn main() {
     }
     // Threads start after the fork, which keeps only the calling one.
     std::thread::spawn(send_entry_invals);
-    // SIGTERM, SIGINT, SIGHUP: unmount if the mount is still ours, then end,
-    // also when another mount namespace still holds the mount (its users
-    // then get ENOTCONN, as with libfuse).
-    // SIGUSR1 logs the statistics (`ovlfuse stats` reads them live).
-    let reporter = handler.clone();
-    std::thread::spawn(move || {
-        while sys::wait_signal(&sigs) == libc::SIGUSR1 {
-            for line in reporter.stats_report(false).lines() {
-                log::info!("stats: {line}");
-            }
-        }
-        fmount.unmount();
-        if !fmount.wait_gone(2000) {
-            std::process::exit(0);
-        }
-    });
+    on_signals(sigs, handler.clone(), fmount);
     if let Err(e) = session.run(handler) {
         log::error!("session ended: {e}");
         exit(1);
@@ -264,4 +253,22 @@ fn detach() {
         Ok(_) => sys::exit_now(0),
         Err(e) => die(format!("cannot fork: {e}")),
     }
+}
+
+/// SIGTERM, SIGINT, SIGHUP: unmount if the mount is still ours, then end,
+/// also when another mount namespace still holds the mount (its users
+/// then get ENOTCONN, as with libfuse). SIGUSR1 logs the statistics
+/// (`ovlfuse stats` reads them live).
+fn on_signals(sigs: libc::sigset_t, reporter: Arc<OvlFuse>, fmount: mount::FuseMount) {
+    std::thread::spawn(move || {
+        while sys::wait_signal(&sigs) == libc::SIGUSR1 {
+            for line in reporter.stats_report(false).lines() {
+                log::info!("stats: {line}");
+            }
+        }
+        fmount.unmount();
+        if !fmount.wait_gone(2000) {
+            std::process::exit(0);
+        }
+    });
 }

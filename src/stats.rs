@@ -307,12 +307,90 @@ pub fn render_text(s: &Stats, g: &Gauges) -> String {
     o
 }
 
+/// One Prometheus metric: name, type, help, and its (labels, value) lines.
+type Metric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(String, String)>,
+);
+
+/// The single-valued metrics of a report.
+#[rustfmt::skip]
+fn plain_metrics(s: &Stats, g: &Gauges) -> Vec<Metric> {
+    let (rss, fds) = process_gauges();
+    let load = |c: &AtomicU64| c.load(Relaxed).to_string();
+    let one = |v: String| vec![(String::new(), v)];
+    let transport = vec![(format!("{{transport=\"{}\"}}", g.transport), "1".into())];
+    let copy_up_s = (s.copy_up_ns.load(Relaxed) as f64 / 1e9).to_string();
+    vec![
+        ("up", "gauge", "The daemon answers.", one("1".into())),
+        ("nodes", "gauge", "Nodes the daemon holds.", one(g.nodes.to_string())),
+        ("open_files", "gauge", "Open file handles.", one(g.open_files.to_string())),
+        ("rss_bytes", "gauge", "Resident memory of the daemon.", one((rss * 1024).to_string())),
+        ("open_fds", "gauge", "File descriptors the daemon holds.", one(fds.to_string())),
+        ("transport_info", "gauge", "The FUSE transport in use.", transport),
+        ("passthrough_enabled", "gauge", "Whether FUSE passthrough is on.", one((g.passthrough as u8).to_string())),
+        ("copy_ups_total", "counter", "Objects copied up.", one(load(&s.copy_ups))),
+        ("copy_up_bytes_total", "counter", "Data bytes copied up.", one(load(&s.copy_up_bytes))),
+        ("copy_up_seconds_total", "counter", "Time spent in copy-up.", one(copy_up_s)),
+        ("whiteouts_total", "counter", "Whiteouts written.", one(load(&s.whiteouts))),
+        ("redirects_total", "counter", "Redirects written.", one(load(&s.redirects))),
+        ("passthrough_opens_total", "counter", "Opens served by passthrough.", one(load(&s.passthrough_opens))),
+    ]
+}
+
+/// The latency histogram's lines: cumulative buckets, sum and count.
+fn latency_lines(s: &Stats) -> Vec<(String, String)> {
+    let mut cum = 0;
+    let mut lines = Vec::new();
+    for (b, n) in s.latency().into_iter().enumerate() {
+        cum += n;
+        let le = (1u64 << b) as f64 / 1e6;
+        lines.push((format!("_bucket{{le=\"{le}\"}}"), cum.to_string()));
+    }
+    lines.push(("_bucket{le=\"+Inf\"}".into(), cum.to_string()));
+    let sum = s.sum(|x| &x.latency_sum_us) as f64 / 1e6;
+    lines.push(("_sum".into(), sum.to_string()));
+    lines.push(("_count".into(), cum.to_string()));
+    lines
+}
+
+/// The counters of `v` that are not zero, labelled `label` by `name`.
+fn labelled(v: Vec<u64>, label: &str, name: &dyn Fn(usize) -> String) -> Vec<(String, String)> {
+    v.into_iter()
+        .enumerate()
+        .filter(|(_, n)| *n > 0)
+        .map(|(i, n)| (format!("{{{label}=\"{}\"}}", name(i)), n.to_string()))
+        .collect()
+}
+
 /// The report for a scraper: Prometheus text exposition format.
 pub fn render_prometheus(s: &Stats, g: &Gauges) -> String {
+    let mut metrics = plain_metrics(s, g);
+    let reqs = labelled(s.requests(), "op", &|i| op_name(i).to_string());
+    metrics.push((
+        "requests_total",
+        "counter",
+        "Requests answered, by operation.",
+        reqs,
+    ));
+    let errs = labelled(s.errors(), "errno", &errno_name);
+    metrics.push((
+        "errors_total",
+        "counter",
+        "Requests answered with an error, by errno.",
+        errs,
+    ));
+    let lat = latency_lines(s);
+    metrics.push((
+        "request_latency_seconds",
+        "histogram",
+        "Time from request to answer.",
+        lat,
+    ));
     let mut o = String::new();
-    let (rss, fds) = process_gauges();
-    let load = |c: &AtomicU64| c.load(Relaxed);
-    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+    for (name, kind, help, lines) in metrics {
         let _ = writeln!(
             o,
             "# HELP ovlfuse_{name} {help}\n# TYPE ovlfuse_{name} {kind}"
@@ -320,119 +398,6 @@ pub fn render_prometheus(s: &Stats, g: &Gauges) -> String {
         for (labels, v) in lines {
             let _ = writeln!(o, "ovlfuse_{name}{labels} {v}");
         }
-    };
-    let one = |v: String| vec![(String::new(), v)];
-    let plain: [(&str, &str, &str, String); 12] = [
-        (
-            "nodes",
-            "gauge",
-            "Nodes the daemon holds.",
-            g.nodes.to_string(),
-        ),
-        (
-            "open_files",
-            "gauge",
-            "Open file handles.",
-            g.open_files.to_string(),
-        ),
-        (
-            "rss_bytes",
-            "gauge",
-            "Resident memory of the daemon.",
-            (rss * 1024).to_string(),
-        ),
-        (
-            "open_fds",
-            "gauge",
-            "File descriptors the daemon holds.",
-            fds.to_string(),
-        ),
-        (
-            "passthrough_enabled",
-            "gauge",
-            "Whether FUSE passthrough is on.",
-            (g.passthrough as u8).to_string(),
-        ),
-        (
-            "copy_ups_total",
-            "counter",
-            "Objects copied up.",
-            load(&s.copy_ups).to_string(),
-        ),
-        (
-            "copy_up_bytes_total",
-            "counter",
-            "Data bytes copied up.",
-            load(&s.copy_up_bytes).to_string(),
-        ),
-        (
-            "copy_up_seconds_total",
-            "counter",
-            "Time spent in copy-up.",
-            (load(&s.copy_up_ns) as f64 / 1e9).to_string(),
-        ),
-        (
-            "whiteouts_total",
-            "counter",
-            "Whiteouts written.",
-            load(&s.whiteouts).to_string(),
-        ),
-        (
-            "redirects_total",
-            "counter",
-            "Redirects written.",
-            load(&s.redirects).to_string(),
-        ),
-        (
-            "passthrough_opens_total",
-            "counter",
-            "Opens served by passthrough.",
-            load(&s.passthrough_opens).to_string(),
-        ),
-        ("up", "gauge", "The daemon answers.", "1".into()),
-    ];
-    for (name, kind, help, v) in plain {
-        metric(name, kind, help, one(v));
     }
-    let t = vec![(format!("{{transport=\"{}\"}}", g.transport), "1".into())];
-    metric("transport_info", "gauge", "The FUSE transport in use.", t);
-    let by = |v: Vec<u64>, label: &str, name: &dyn Fn(usize) -> String| -> Vec<(String, String)> {
-        v.into_iter()
-            .enumerate()
-            .filter(|(_, n)| *n > 0)
-            .map(|(i, n)| (format!("{{{label}=\"{}\"}}", name(i)), n.to_string()))
-            .collect()
-    };
-    let reqs = by(s.requests(), "op", &|i| op_name(i).to_string());
-    metric(
-        "requests_total",
-        "counter",
-        "Requests answered, by operation.",
-        reqs,
-    );
-    let errs = by(s.errors(), "errno", &errno_name);
-    metric(
-        "errors_total",
-        "counter",
-        "Requests answered with an error, by errno.",
-        errs,
-    );
-    let mut cum = 0;
-    let mut buckets: Vec<(String, String)> = Vec::new();
-    for (b, n) in s.latency().into_iter().enumerate() {
-        cum += n;
-        let le = (1u64 << b) as f64 / 1e6;
-        buckets.push((format!("_bucket{{le=\"{le}\"}}"), cum.to_string()));
-    }
-    buckets.push(("_bucket{le=\"+Inf\"}".into(), cum.to_string()));
-    let sum = s.sum(|x| &x.latency_sum_us) as f64 / 1e6;
-    buckets.push(("_sum".into(), sum.to_string()));
-    buckets.push(("_count".into(), cum.to_string()));
-    metric(
-        "request_latency_seconds",
-        "histogram",
-        "Time from request to answer.",
-        buckets,
-    );
     o
 }
