@@ -109,6 +109,8 @@ pub struct DirEntry {
     /// None for upper names, "." and "..". A lookup of the name need not
     /// ask the layers above it again (readdirplus).
     pub layer: Option<u16>,
+    /// Its position cookie (readdir.rs): where reading resumes after it.
+    pub off: u64,
 }
 
 /// An open directory: the listing is a snapshot taken when reading starts

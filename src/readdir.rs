@@ -77,11 +77,13 @@ impl OvlFs {
                 None => self.dir_ino(0, u.dev, ino),
             };
             let layer = None;
+            let off = cookie(&name);
             out.push(DirEntry {
                 name,
                 ino,
                 dtype,
                 layer,
+                off,
             });
         }
         Ok(markers)
@@ -125,11 +127,13 @@ impl OvlFs {
             }
             let ino = self.dir_ino(layer.idx, layer.dev, ino);
             let layer = Some(li);
+            let off = cookie(&name);
             out.push(DirEntry {
                 name,
                 ino,
                 dtype,
                 layer,
+                off,
             });
         }
         seen.extend(hidden);
@@ -153,8 +157,9 @@ impl OvlFs {
 
     /// The snapshot to read from `offset` on: offset 0 takes a fresh one,
     /// as does the first read of a handle at any offset (the kernel goes on
-    /// from where its cached listing ends, on a new handle). Entry i of the
-    /// list has offset i + 1; "." and ".." come first.
+    /// from where its cached listing ends, on a new handle). "." and ".."
+    /// come first (offsets 1 and 2), then the names in cookie order; read
+    /// on with `entries_after`.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
         let _paths = self.rename_lock.paths();
         let h = self.handles.dir(fh)?;
@@ -167,17 +172,21 @@ impl OvlFs {
                     ino: node.ino,
                     dtype: libc::DT_DIR,
                     layer: None,
+                    off: 1,
                 },
                 DirEntry {
                     name: "..".into(),
                     ino: parent,
                     dtype: libc::DT_DIR,
                     layer: None,
+                    off: 2,
                 },
             ];
             // A removed dir lists nothing, as on the kernel's overlay.
             if !node.state.read().dead {
-                v.extend(self.merged_entries(node)?);
+                let mut names = self.merged_entries(node)?;
+                in_cookie_order(&mut names);
+                v.extend(names);
             }
             *h.entries.lock() = Arc::new(v);
         }
@@ -195,6 +204,36 @@ impl OvlFs {
     }
 }
 
+/// A name's position cookie, as a hashed-dir filesystem gives: it depends
+/// on the name only, so a position means the same in every listing of the
+/// dir while its set of names stays, whatever order the layers list them
+/// in (a copy-up moves a name from a lower's part to the upper's). The
+/// kernel's cached listings resume at such positions on a new handle.
+/// Below 2^62 (offsets are signed in the kernel), above "." and "..".
+fn cookie(name: &std::ffi::OsStr) -> u64 {
+    use std::hash::Hasher;
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(name.as_bytes());
+    (h.finish() >> 2).max(3)
+}
+
+/// Sorts names by cookie, moving a colliding one up to the next free
+/// value (the same names always get the same cookies).
+fn in_cookie_order(v: &mut [DirEntry]) {
+    v.sort_unstable_by(|a, b| (a.off, &a.name).cmp(&(b.off, &b.name)));
+    for i in 1..v.len() {
+        if v[i].off <= v[i - 1].off {
+            v[i].off = v[i - 1].off + 1;
+        }
+    }
+}
+
+/// The entries of a snapshot after position `offset`.
+pub fn entries_after(v: &[DirEntry], offset: u64) -> &[DirEntry] {
+    &v[v.partition_point(|e| e.off <= offset)..]
+}
+
 pub fn dtype_of(mode: u32) -> u8 {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => libc::DT_DIR,
@@ -210,4 +249,39 @@ pub fn dtype_of(mode: u32) -> u8 {
 
 fn unsafe_zeroed_stat() -> crate::sys::Stat {
     crate::sys::zeroed_stat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, off: u64) -> DirEntry {
+        DirEntry {
+            name: name.into(),
+            ino: 0,
+            dtype: 0,
+            layer: None,
+            off,
+        }
+    }
+
+    #[test]
+    fn cookies_depend_on_the_name_only_and_stay_unique() {
+        assert_eq!(cookie("a".as_ref()), cookie("a".as_ref()));
+        assert_ne!(cookie("a".as_ref()), cookie("b".as_ref()));
+        assert!(cookie("x".as_ref()) >= 3 && cookie("x".as_ref()) < 1 << 62);
+        // Colliding cookies move up, in name order.
+        let mut v = vec![entry("b", 7), entry("a", 7), entry("c", 5)];
+        in_cookie_order(&mut v);
+        let got: Vec<_> = v
+            .iter()
+            .map(|e| (e.name.to_str().unwrap(), e.off))
+            .collect();
+        assert_eq!(got, [("c", 5), ("a", 7), ("b", 8)]);
+        // Reading on after a position skips what came before it.
+        let names: Vec<_> = entries_after(&v, 5).iter().map(|e| e.off).collect();
+        assert_eq!(names, [7, 8]);
+        assert!(entries_after(&v, 8).is_empty());
+        assert_eq!(entries_after(&v, 0).len(), 3);
+    }
 }

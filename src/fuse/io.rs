@@ -115,11 +115,10 @@ impl OvlFuse {
     pub(super) fn opendir(&self, req: &Request, reply: Reply) {
         let n = tryr!(reply, self.node(req.nodeid));
         let fh = tryr!(reply, self.fs.opendir(&n));
-        // No FOPEN_CACHE_DIR: the kernel would go on from where its cached
-        // listing ends on a new handle, and a merged listing's offsets are
-        // positions in one handle's snapshot, not cookies stable across
-        // changes (names were listed twice under concurrent renames).
-        reply.opened(fh, &OpenIo::Cached)
+        // Every change to a dir's names comes through this mount, and the
+        // kernel drops its cached listing at each; listings are in name
+        // order, so positions hold from one open to the next.
+        reply.opened(fh, &OpenIo::CachedDir)
     }
 
     pub(super) fn releasedir(&self, fh: u64, reply: Reply) {
@@ -136,8 +135,8 @@ impl OvlFuse {
     pub(super) fn readdir(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
         let entries = tryr!(reply, self.fs.readdir(fh, offset));
         let mut buf = DirBuf::new(size);
-        for (i, en) in entries.iter().enumerate().skip(offset as usize) {
-            if !buf.add(en.ino, (i + 1) as u64, en.dtype as u32, en.name.as_bytes()) {
+        for en in crate::readdir::entries_after(&entries, offset) {
+            if !buf.add(en.ino, en.off, en.dtype as u32, en.name.as_bytes()) {
                 break;
             }
         }
@@ -159,8 +158,8 @@ impl OvlFuse {
             attr_ttl: std::time::Duration::ZERO,
             attr: &none,
         };
-        for (i, en) in entries.iter().enumerate().skip(offset as usize) {
-            let (off, name, dtype) = ((i + 1) as u64, en.name.as_bytes(), en.dtype as u32);
+        for en in crate::readdir::entries_after(&entries, offset) {
+            let (off, name, dtype) = (en.off, en.name.as_bytes(), en.dtype as u32);
             // "." and ".." take no lookup and need no attributes; a name
             // listed but not found (an xattr whiteout outside an opaque=x
             // dir) goes without them too (node id 0).

@@ -71,6 +71,8 @@ pub mod init {
 /// FOPEN_* flags of an open reply.
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
+pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
 
 /// SETATTR valid bits.
 pub mod fattr {

@@ -41,6 +41,9 @@ pub enum OpenIo {
     Direct,
     /// The kernel does the I/O on the backing file.
     Passthrough(Arc<BackingId>),
+    /// A dir whose listing the kernel may keep in its page cache across
+    /// opens; it drops it when the dir changes through the mount.
+    CachedDir,
 }
 
 /// The answer to one request.
@@ -133,6 +136,7 @@ impl Reply {
             OpenIo::Cached => (0, 0),
             OpenIo::Direct => (abi::FOPEN_DIRECT_IO, 0),
             OpenIo::Passthrough(b) => (abi::FOPEN_PASSTHROUGH, b.id()),
+            OpenIo::CachedDir => (abi::FOPEN_KEEP_CACHE | abi::FOPEN_CACHE_DIR, 0),
         };
         w.u64(fh).u32(flags).u32(id);
     }
