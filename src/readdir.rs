@@ -76,15 +76,7 @@ impl OvlFs {
                     .unwrap_or_else(|| self.dir_ino(0, u.dev, ino)),
                 None => self.dir_ino(0, u.dev, ino),
             };
-            let layer = None;
-            let off = cookie(&name);
-            out.push(DirEntry {
-                name,
-                ino,
-                dtype,
-                layer,
-                off,
-            });
+            out.push(named(name, ino, dtype, None));
         }
         Ok(markers)
     }
@@ -126,15 +118,7 @@ impl OvlFs {
                 dtype = dtype_of(st.st_mode);
             }
             let ino = self.dir_ino(layer.idx, layer.dev, ino);
-            let layer = Some(li);
-            let off = cookie(&name);
-            out.push(DirEntry {
-                name,
-                ino,
-                dtype,
-                layer,
-                off,
-            });
+            out.push(named(name, ino, dtype, Some(li)));
         }
         seen.extend(hidden);
         Ok(())
@@ -216,6 +200,18 @@ fn cookie(name: &std::ffi::OsStr) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     h.write(name.as_bytes());
     (h.finish() >> 2).max(3)
+}
+
+/// A listed name, with its cookie.
+fn named(name: std::ffi::OsString, ino: u64, dtype: u8, layer: Option<u16>) -> DirEntry {
+    let off = cookie(&name);
+    DirEntry {
+        name,
+        ino,
+        dtype,
+        layer,
+        off,
+    }
 }
 
 /// Sorts names by cookie, moving a colliding one up to the next free
