@@ -137,7 +137,14 @@ impl Checker {
         };
         // In name order: findings come out the same on every run.
         entries.sort();
-        let opaque = self.has(&path, &self.xn.opaque.clone());
+        // opaque=x (a lower's xwhiteouts mark) leaves the dir merged.
+        let opaque = self
+            .o
+            .upper
+            .try_getxattr(&path, &self.xn.opaque)
+            .ok()
+            .flatten()
+            .is_some_and(|v| v == b"y");
         let lowers = if opaque {
             Vec::new()
         } else {
@@ -163,7 +170,7 @@ impl Checker {
                 }
             }
         }
-        if needs_impure && !self.has(&path, &self.xn.impure.clone()) {
+        if needs_impure && !self.has(&path, &self.xn.impure) {
             let (u, name, p) = (&self.o.upper, self.xn.impure.clone(), path.clone());
             let fix = || u.setxattr(&p, &name, b"y", 0).is_ok();
             let what = "children carry origins or redirects, but the dir is not marked impure";

@@ -197,6 +197,19 @@ fn check_names_every_kind_of_corruption() {
         (0, String::new()),
         "the kernel's upper is clean"
     );
+    // opaque=x marks a dir with xattr whiteouts, not an opaque one: the
+    // whiteout of dir1/f still hides the lower f.
+    set_xattr(&u.join("dir1"), &format!("{OVL}opaque"), b"x");
+    assert_eq!(
+        check(&opts, false),
+        (0, String::new()),
+        "opaque=x is not opaque"
+    );
+    let x = format!("{OVL}opaque");
+    let _ = Command::new("setfattr")
+        .args(["-x", &x])
+        .arg(u.join("dir1"))
+        .status();
     whiteout(&u.join("nothing-below"));
     write(&u.join(".wh.nothing-either"), b"");
     for d in ["nowhere", "loop", "bad", "dst2", "opq"] {

@@ -30,17 +30,7 @@ impl Config {
                 self.check_options()?;
                 self.resolve_layers(cwd, None)?;
                 let u = canonical_dir(cwd, &u, "upperdir")?;
-                if let Some(l) = self
-                    .lowers
-                    .iter()
-                    .find(|l| l.path.starts_with(&u) || u.starts_with(&l.path))
-                {
-                    return err(format!(
-                        "upperdir {} overlaps lowerdir {}",
-                        u.display(),
-                        l.path.display()
-                    ));
-                }
+                self.upper_apart_from_lowers(&u)?;
                 self.upper = Some(u);
                 return Ok(());
             }
@@ -106,6 +96,22 @@ impl Config {
 impl Config {
     /// The upper and work dirs (canonical) against each other, the lowers
     /// and the mountpoint, as the kernel checks them at mount.
+    /// The upper (canonical) neither is, holds nor sits in a lower.
+    fn upper_apart_from_lowers(&self, u: &Path) -> Result<(), ConfigError> {
+        match self
+            .lowers
+            .iter()
+            .find(|l| l.path.starts_with(u) || u.starts_with(&l.path))
+        {
+            Some(l) => err(format!(
+                "upperdir {} overlaps lowerdir {}; the upper must not be (inside) a lower",
+                u.display(),
+                l.path.display()
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn check_upper(&self, u: &Path, w: &Path, mnt: Option<&Path>) -> Result<(), ConfigError> {
         if let Some(mnt) = mnt.filter(|m| u.starts_with(m)) {
             return err(format!(
@@ -117,17 +123,7 @@ impl Config {
         if w.starts_with(u) || u.starts_with(w) {
             return err(format!("workdir {} and upperdir {} overlap; give them separate directories on one filesystem", w.display(), u.display()));
         }
-        if let Some(l) = self
-            .lowers
-            .iter()
-            .find(|l| l.path == u || l.path.starts_with(u) || u.starts_with(&l.path))
-        {
-            return err(format!(
-                "upperdir {} overlaps lowerdir {}; the upper must not be (inside) a lower",
-                u.display(),
-                l.path.display()
-            ));
-        }
+        self.upper_apart_from_lowers(u)?;
         if let Some(l) = self.lowers.iter().find(|l| w.starts_with(&l.path)) {
             return err(format!(
                 "workdir {}: is inside lowerdir {}; put it next to the upperdir",
