@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Atime, Config, LowerDir};
-use crate::format::{self, XattrNames};
+use crate::format::XattrNames;
 use crate::layer::{join, Layer, Reach};
 use crate::node::Node;
 use crate::workdir::lock_in_use;
@@ -94,22 +94,9 @@ impl Offline {
     }
 
     /// Whether `name` shows in the lowers below an upper dir merging with
-    /// `dirs`: the first lower that has it decides (a whiteout there: no).
+    /// `dirs` (namei's rule; a layer that cannot be read hides nothing).
     pub fn below(&self, dirs: &[(u16, Vec<u8>)], name: &OsStr) -> bool {
-        for (l, dir) in dirs {
-            let layer = &self.view.lowers[*l as usize];
-            let p = join(dir, name);
-            match layer.try_stat(&p).ok().flatten() {
-                Some(st) => return !format::is_whiteout(&st),
-                None => {
-                    let aufs = join(dir, &format::aufs_whiteout_name(name));
-                    if layer.try_stat(&aufs).ok().flatten().is_some() {
-                        return false;
-                    }
-                }
-            }
-        }
-        false
+        self.view.shows_below(dirs, name).unwrap_or(false)
     }
 
     /// Whether any lower dir of `dirs` has an entry `name` at all (which a
