@@ -96,7 +96,9 @@ impl Offline {
     /// Whether `name` shows in the lowers below an upper dir merging with
     /// `dirs` (namei's rule; a layer that cannot be read hides nothing).
     pub fn below(&self, dirs: &[(u16, Vec<u8>)], name: &OsStr) -> bool {
-        self.view.shows_below(dirs, name).unwrap_or(false)
+        self.view
+            .shows_below(dirs.iter().cloned(), name)
+            .unwrap_or(false)
     }
 
     /// Whether any lower dir of `dirs` has an entry `name` at all (which a

@@ -480,20 +480,22 @@ impl OvlFs {
     pub fn lower_positive(&self, parent: &Node, name: &OsStr) -> Result<bool> {
         let ppath = self.path_of(parent)?;
         let plowers = parent.state.read().lowers.clone();
-        let dirs: Vec<_> = plowers
-            .iter()
-            .map(|l| (l.layer, l.path_or(&ppath)))
-            .collect();
-        self.shows_below(&dirs, name)
+        // Lazily: the first layer that has the name decides.
+        let dirs = plowers.iter().map(|l| (l.layer, l.path_or(&ppath)));
+        self.shows_below(dirs, name)
     }
 
     /// Whether `name` shows in the lower dirs `dirs` (lower index, path),
     /// top first: the first that has it decides, and a whiteout there
     /// (char 0/0, xattr or `.wh.`) says no.
-    pub fn shows_below(&self, dirs: &[(u16, Vec<u8>)], name: &OsStr) -> Result<bool> {
+    pub fn shows_below(
+        &self,
+        dirs: impl IntoIterator<Item = (u16, Vec<u8>)>,
+        name: &OsStr,
+    ) -> Result<bool> {
         for (li, ldir) in dirs {
-            let layer = &self.lowers[*li as usize];
-            let lpath = join(ldir, name);
+            let layer = &self.lowers[li as usize];
+            let lpath = join(&ldir, name);
             match layer.try_stat(&lpath)? {
                 Some(st)
                     if format::is_whiteout(&st) || self.is_xwhiteout(layer, &lpath, &st)? =>
@@ -503,7 +505,7 @@ impl OvlFs {
                 Some(_) => return Ok(true),
                 None => {
                     if layer
-                        .try_stat(&join(ldir, &format::aufs_whiteout_name(name)))?
+                        .try_stat(&join(&ldir, &format::aufs_whiteout_name(name)))?
                         .is_some()
                     {
                         return Ok(false);
