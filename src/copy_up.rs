@@ -142,7 +142,7 @@ impl OvlFs {
 
     fn copy_up_one(&self, node: &Arc<Node>, how: CopyUp) -> Result<()> {
         if node.has_upper() {
-            if !node.is_dir() && (node.alias_count() > 1 || node.state.read().index.is_some()) {
+            if !node.is_dir() && (node.alias_count() > 1 || node.state.read().index().is_some()) {
                 self.link_up_alias(node)?;
             }
             if how != CopyUp::Meta && node.state.read().metacopy {
@@ -222,7 +222,10 @@ impl OvlFs {
         let iname_c = CString::new(iname.as_str()).expect("hex");
         sys::linkat(ix.fd(), &iname_c, c.pfd.as_fd(), &c.name, 0)?;
         keep_times(&c.pfd, &c.pst);
-        c.node.state.write().index = Some(Arc::from(iname.as_str()));
+        c.node
+            .state
+            .write()
+            .set_index(Some(Arc::from(iname.as_str())));
         c.node.set_upper();
         self.store_nlink(c.node, n)?;
         Ok(true)
@@ -272,8 +275,8 @@ impl OvlFs {
         if let Some((_, iname)) = &c.index {
             {
                 let mut s = node.state.write();
-                s.index = Some(Arc::from(iname.as_str()));
-                s.nlink = Some(c.st.st_nlink as u32);
+                s.set_index(Some(Arc::from(iname.as_str())));
+                s.set_nlink(Some(c.st.st_nlink as u32));
             }
             self.share_index(node, iname, c.st.st_nlink as u32, c.meta);
         }
@@ -284,9 +287,7 @@ impl OvlFs {
             // The data stays where it is now, whatever the file's name becomes.
             let mut s = node.state.write();
             s.metacopy = true;
-            for l in s.lowers.iter_mut().filter(|l| l.path.is_none()) {
-                l.path = Some(Arc::from(c.path.as_slice()));
-            }
+            s.pin_lowers(Some(c.path.clone()));
         }
         // A copy-up is no change of the parent: keep its times as they were.
         keep_times(&c.pfd, &c.pst);
@@ -319,12 +320,12 @@ impl OvlFs {
         for n in self.names_of_inode(node) {
             let same = crate::node::is_split_id(n.ino)
                 && !n.has_upper()
-                && n.kind == node.kind
+                && n.kind() == node.kind()
                 && n.st_ino() == node.st_ino();
             if same {
                 let mut s = n.state.write();
-                s.index = Some(Arc::from(iname));
-                s.nlink = Some(nlink);
+                s.set_index(Some(Arc::from(iname)));
+                s.set_nlink(Some(nlink));
                 s.metacopy = meta;
                 drop(s);
                 n.set_upper();
@@ -362,10 +363,10 @@ impl OvlFs {
         node.state.write().metacopy = false;
         // Other names of the inode (their own nodes, through the index)
         // read the data from the upper inode from now on.
-        let index = node.state.read().index.clone();
+        let index = node.state.read().index().cloned();
         if let Some(iname) = index {
             for n in self.names_of_inode(node) {
-                if n.state.read().index.as_deref() == Some(&*iname) {
+                if n.state.read().index().map(|i| &**i) == Some(&*iname) {
                     n.state.write().metacopy = false;
                     self.invalidate_attr(n.ino);
                 }
@@ -394,7 +395,7 @@ impl OvlFs {
         if upper.try_stat(&path)?.is_some() {
             return Ok(());
         }
-        let iname = node.state.read().index.clone();
+        let iname = node.state.read().index().cloned();
         if let (Some(iname), Some(ix)) = (iname, self.index_layer()) {
             self.copy_up(&node.parent().ok_or(Errno::ENOENT)?, CopyUp::Data)?;
             let (pfd, cname) = self.upper_parent(&path)?;
@@ -408,13 +409,13 @@ impl OvlFs {
             )?;
             keep_times(&pfd, &pst);
             // The upper inode gained a link, the merged view did not.
-            let n = node.state.read().nlink;
+            let n = node.state.read().nlink();
             if let Some(n) = n {
                 self.store_nlink(node, n)?;
             }
             return Ok(());
         }
-        let others: Vec<(Arc<Node>, std::ffi::OsString)> =
+        let others: Vec<(Arc<Node>, crate::node::Name)> =
             node.state.read().aliases.iter().skip(1).cloned().collect();
         for (p, n) in others {
             let Ok(pp) = self.path_of(&p) else { continue };

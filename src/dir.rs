@@ -320,7 +320,9 @@ impl OvlFs {
             if let Some(v) = self.redirect_for_abs(node, &sp, &sn, newparent, true)? {
                 let (spfd, sname) = self.upper_parent(&self.path_of(node)?)?;
                 sys::setxattr(spfd.as_fd(), &sname, &self.xn.redirect, &v, 0)?;
-                node.state.write().redirect = Some(Arc::from(v.as_slice()));
+                node.state
+                    .write()
+                    .set_redirect(Some(Arc::from(v.as_slice())));
             }
         }
         let upper = self.upper()?;
@@ -346,17 +348,17 @@ impl OvlFs {
             let s = node.state.read();
             Found {
                 ino: node.ino,
-                kind: node.kind,
+                kind: node.kind(),
                 upper: true,
                 lowers: s.lowers.clone(),
-                redirect: s.redirect.clone(),
-                index: s.index.clone(),
+                redirect: s.redirect().cloned(),
+                index: s.index().cloned(),
                 nlink: None,
                 metacopy: s.metacopy,
             }
         };
         let n = self.nodes.intern(newparent, newname, found, true);
-        let counted = n.state.read().nlink;
+        let counted = n.state.read().nlink();
         if let Some(c) = counted {
             self.store_nlink(&n, c + 1)?;
         }
@@ -405,7 +407,7 @@ impl OvlFs {
         let has_lower = {
             let s = node.state.read();
             !s.lowers.is_empty()
-                && s.redirect.is_none()
+                && s.redirect().is_none()
                 && s.lowers.iter().all(|l| l.path.is_none())
         };
         let needs_whiteout = has_lower || self.lower_positive(parent, name)?;
@@ -419,7 +421,7 @@ impl OvlFs {
         if !want_dir {
             self.index_before_drop(&node, parent, name, &st)?;
         }
-        let indexed = node.state.read().nlink;
+        let indexed = node.state.read().nlink();
         let path = join(&self.path_of(parent)?, name);
         let in_upper = node.has_upper() && self.upper()?.try_stat(&path)?.is_some();
         if in_upper && !want_dir && node.alias_count() > 1 && indexed.is_none() {
@@ -480,12 +482,7 @@ impl OvlFs {
     /// the paths of its lower parts, so an fd still open on it can fstat.
     pub(crate) fn detach(&self, node: &Node, parent: &Arc<Node>, name: &OsStr, last_link: bool) {
         if last_link {
-            if let Some(path) = node.path() {
-                let mut s = node.state.write();
-                for l in s.lowers.iter_mut().filter(|l| l.path.is_none()) {
-                    l.path = Some(Arc::from(path.as_slice()));
-                }
-            }
+            node.pin_lower_paths();
         }
         node.remove_alias(parent, name, last_link);
     }

@@ -3,7 +3,7 @@
 //! an inode it no longer holds, the kernel sends LOOKUP "." under the id,
 //! and to reconnect a dir, LOOKUP ".." under it. A node still in the table
 //! answers at once; a forgotten one is found again by the name it had
-//! (`node::Ghosts`), if its slot was not reused and the name still leads
+//! (`ghost::Ghosts`), if its slot was not reused and the name still leads
 //! to the same object.
 
 use std::sync::Arc;
@@ -61,7 +61,7 @@ impl OvlFs {
         let pino = parent.ino;
         drop(parent);
         match found {
-            Ok((n, st)) if n.ino == ino && n.kind == g.kind => Ok((n, st)),
+            Ok((n, st)) if n.ino == ino && n.kind() == g.kind => Ok((n, st)),
             Ok((n, _)) => {
                 let nino = n.ino;
                 drop(n);

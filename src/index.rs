@@ -130,14 +130,14 @@ impl OvlFs {
 
     /// Stores an indexed node's link count as the kernel does ("U+n").
     pub fn store_nlink(&self, node: &Node, nlink: u32) -> Result<()> {
-        let Some(name) = node.state.read().index.clone() else {
+        let Some(name) = node.state.read().index().cloned() else {
             return Ok(());
         };
-        node.state.write().nlink = Some(nlink);
+        node.state.write().set_nlink(Some(nlink));
         // Other names of the inode with nodes of their own see it too.
         for n in self.names_of_inode(node) {
-            if n.state.read().index.as_deref() == Some(&*name) {
-                n.state.write().nlink = Some(nlink);
+            if n.state.read().index().map(|i| &**i) == Some(&*name) {
+                n.state.write().set_nlink(Some(nlink));
                 self.invalidate_attr(n.ino);
             }
         }

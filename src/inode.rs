@@ -59,7 +59,7 @@ impl OvlFs {
         self.apply_override(node, &mut st);
         let (nlink, metacopy) = {
             let s = node.state.read();
-            (s.nlink, s.metacopy)
+            (s.nlink(), s.metacopy)
         };
         if let Some(n) = nlink {
             st.st_nlink = n as _;
@@ -107,7 +107,7 @@ impl OvlFs {
         if let Some(name) = self
             .override_xattr
             .clone()
-            .filter(|_| node.kind != libc::S_IFLNK)
+            .filter(|_| node.kind() != libc::S_IFLNK)
         {
             // Owner and mode live in the override xattr, not the inode.
             if a.uid.is_some() || a.gid.is_some() || a.mode.is_some() {
@@ -136,7 +136,7 @@ impl OvlFs {
                 )?;
             }
             if let Some(mode) = a.mode {
-                if node.kind == libc::S_IFLNK {
+                if node.kind() == libc::S_IFLNK {
                     return Err(Errno::EOPNOTSUPP);
                 }
                 sys::fchmodat(upper.fd(), &cpath, mode & 0o7777)?;
@@ -168,7 +168,7 @@ impl OvlFs {
 
     pub fn readlink(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
         let _paths = self.rename_lock.paths();
-        if node.kind != libc::S_IFLNK {
+        if node.kind() != libc::S_IFLNK {
             return Err(Errno::EINVAL);
         }
         let (layer, path) = self.real(node)?;

@@ -10,7 +10,8 @@
 //!   config     options as fuse-overlayfs and the kernel spell them; checks
 //!   layer      one layer: root fd, openat2 RESOLVE_BENEATH I/O, atime reach
 //!   workdir    W/work: temp names, clean-up, in-use lock, `Whiteouts` form
-//!   node       the inode table (ovl_inode + dcache), ghosts for handles
+//!   node       the inode table (ovl_inode + dcache)
+//!   ghost      what forgotten nodes leave for file handles
 //!   inomap     st_ino: xino bits, copied-up numbers, pinned removed objects
 //!   split      keys of split nodes (names of lower hard links, index=off)
 //!   open       open file and dir handles by fh
@@ -44,6 +45,7 @@ pub mod export;
 pub mod file;
 pub mod format;
 pub mod fuse;
+pub mod ghost;
 pub mod idmap;
 pub mod index;
 pub mod inode;

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+
+use crate::ghost::{Ghost, Ghosts};
 use parking_lot::{Mutex, RwLock};
 
 pub const ROOT_INO: u64 = 1;
@@ -33,12 +35,21 @@ pub fn is_split_id(ino: u64) -> bool {
 pub struct LowerRef {
     /// Index into the lower layer list (0 = top lower).
     pub layer: u16,
-    /// Path in that layer when it differs from the merged path (redirects).
-    pub path: Option<Arc<[u8]>>,
+    /// Path in that layer, spelt out where it differs from the path of the
+    /// object's first name (redirects, renames, removal). A thin pointer: nearly every node has none, and a lower stack of
+    /// one such entry fits in the node.
+    pub path: Option<Arc<Vec<u8>>>,
 }
 
 impl LowerRef {
     /// The path in its layer, given the merged path `merged`.
+    pub fn new(layer: u16, path: Option<&[u8]>) -> LowerRef {
+        LowerRef {
+            layer,
+            path: path.map(|p| Arc::new(p.to_vec())),
+        }
+    }
+
     pub fn path_or(&self, merged: &[u8]) -> Vec<u8> {
         match &self.path {
             Some(p) => p.to_vec(),
@@ -47,8 +58,38 @@ impl LowerRef {
     }
 }
 
+/// A name in a dir, kept inline up to 16 bytes (nearly every name), so
+/// that a node costs one allocation, not two.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Name(SmallVec<[u8; 16]>);
+
+impl Name {
+    pub fn new(name: &OsStr) -> Name {
+        Name(SmallVec::from_slice(name.as_bytes()))
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = OsStr;
+    fn deref(&self) -> &OsStr {
+        OsStr::from_bytes(&self.0)
+    }
+}
+
+impl PartialEq<OsStr> for Name {
+    fn eq(&self, other: &OsStr) -> bool {
+        self.0.as_slice() == other.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// The names of an object: one for nearly all, kept in the node itself.
-pub type Aliases = SmallVec<[(Arc<Node>, OsString); 1]>;
+pub type Aliases = SmallVec<[(Arc<Node>, Name); 1]>;
 /// A lower stack: one entry for nearly all, kept in the node itself.
 pub type Lowers = SmallVec<[LowerRef; 1]>;
 
@@ -61,13 +102,9 @@ pub struct NodeState {
     pub lowers: Lowers,
     /// Removed through the mount: no name leads to it any more.
     pub dead: bool,
-    /// The upper dir's redirect xattr (where its lower content lives).
-    pub redirect: Option<Arc<[u8]>>,
-    /// Name in `W/index` of the upper inode shared by all names of a
-    /// copied-up hard-linked lower file.
-    pub index: Option<Arc<str>>,
-    /// The link count the merged view shows for an indexed inode.
-    pub nlink: Option<u32>,
+    /// What only redirected dirs and indexed hard links have, boxed so
+    /// that the other nodes do not carry room for it.
+    extra: Option<Box<Extra>>,
     /// A metacopy upper file: its data is still in lowers[0].
     pub metacopy: bool,
     /// Whether this dir's upper holds `.wh.NAME` markers (an upper that
@@ -75,12 +112,94 @@ pub struct NodeState {
     pub upper_markers: Option<bool>,
 }
 
+#[derive(Debug, Default, Clone)]
+struct Extra {
+    /// The upper dir's redirect xattr (where its lower content lives).
+    redirect: Option<Arc<[u8]>>,
+    /// Name in `W/index` of the upper inode shared by all names of a
+    /// copied-up hard-linked lower file.
+    index: Option<Arc<str>>,
+    /// The link count the merged view shows for an indexed inode.
+    nlink: Option<u32>,
+    /// The st_ino of a node whose id is not its st_ino (is_split_id).
+    shown_ino: Option<u64>,
+}
+
+impl NodeState {
+    pub fn new(aliases: Aliases, f: &Found) -> NodeState {
+        let mut s = NodeState {
+            aliases,
+            lowers: f.lowers.clone(),
+            metacopy: f.metacopy,
+            ..Default::default()
+        };
+        s.set_redirect(f.redirect.clone());
+        s.set_index(f.index.clone());
+        s.set_nlink(f.nlink);
+        s
+    }
+
+    /// A node with no name yet (the root).
+    pub fn with_lowers(lowers: Lowers) -> NodeState {
+        NodeState {
+            lowers,
+            ..Default::default()
+        }
+    }
+
+    pub fn redirect(&self) -> Option<&Arc<[u8]>> {
+        self.extra.as_ref()?.redirect.as_ref()
+    }
+
+    pub fn index(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref()?.index.as_ref()
+    }
+
+    pub fn nlink(&self) -> Option<u32> {
+        self.extra.as_ref()?.nlink
+    }
+
+    pub fn set_redirect(&mut self, r: Option<Arc<[u8]>>) {
+        self.edit_extra(|e| e.redirect = r);
+    }
+
+    pub fn set_index(&mut self, i: Option<Arc<str>>) {
+        self.edit_extra(|e| e.index = i);
+    }
+
+    pub fn set_nlink(&mut self, n: Option<u32>) {
+        self.edit_extra(|e| e.nlink = n);
+    }
+
+    /// A lower part with no path of its own is where the first name says.
+    /// Before that name changes, its lower parts get `path` spelt out.
+    pub fn pin_lowers(&mut self, path: Option<Vec<u8>>) {
+        let Some(p) = path.filter(|_| self.lowers.iter().any(|l| l.path.is_none())) else {
+            return;
+        };
+        let p = Arc::new(p);
+        for l in self.lowers.iter_mut().filter(|l| l.path.is_none()) {
+            l.path = Some(p.clone());
+        }
+    }
+
+    /// Changes the boxed fields; the box goes when they are all empty.
+    fn edit_extra(&mut self, f: impl FnOnce(&mut Extra)) {
+        let mut e = self.extra.take().unwrap_or_default();
+        f(&mut e);
+        if e.redirect.is_some() || e.index.is_some() || e.nlink.is_some() || e.shown_ino.is_some() {
+            self.extra = Some(e);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub ino: u64,
-    pub generation: u64,
-    /// S_IFMT bits of the object.
-    pub kind: u32,
+    /// As the kernel's i_generation, 32 bits.
+    generation: u32,
+    /// S_IFMT bits of the object (they fit in 16).
+    kind: u16,
     nlookup: AtomicU64,
     /// Whether the object exists in the upper layer (after copy-up: yes).
     upper: AtomicBool,
@@ -93,43 +212,54 @@ pub struct Node {
     /// caches no attributes of the node (writes through a shared mapping
     /// change the real file's times behind its back).
     pub writers: AtomicU32,
-    /// The st_ino of a node whose id is not its st_ino (is_split_id).
-    shown_ino: AtomicU64,
 }
 
 impl Node {
     pub fn new(ino: u64, generation: u64, kind: u32, upper: bool, state: NodeState) -> Node {
         Node {
             ino,
-            generation,
-            kind,
+            generation: generation as u32,
+            kind: kind as u16,
             nlookup: AtomicU64::new(0),
             upper: AtomicBool::new(upper),
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
             opens: AtomicU32::new(0),
             writers: AtomicU32::new(0),
-            shown_ino: AtomicU64::new(0),
         }
     }
 
     /// The st_ino the merged view reports for this object.
+    /// (A split node keeps it in its state: callers may hold that for
+    /// reading, never for writing.)
     pub fn st_ino(&self) -> u64 {
-        match self.shown_ino.load(Ordering::Acquire) {
-            0 => self.ino,
-            n => n,
+        if !is_split_id(self.ino) {
+            return self.ino;
         }
+        let st = self.state.read_recursive();
+        st.extra
+            .as_ref()
+            .and_then(|e| e.shown_ino)
+            .unwrap_or(self.ino)
     }
 
     /// Sets the st_ino of a node whose id is not its st_ino.
     pub fn set_st_ino(&self, ino: u64) {
         if is_split_id(self.ino) {
-            self.shown_ino.store(ino, Ordering::Release);
+            self.state.write().edit_extra(|e| e.shown_ino = Some(ino));
         }
     }
 
+    pub fn kind(&self) -> u32 {
+        self.kind as u32
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation as u64
+    }
+
     pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
+        self.kind() == libc::S_IFDIR
     }
 
     pub fn has_upper(&self) -> bool {
@@ -160,7 +290,7 @@ impl Node {
         {
             let st = self.state.read();
             let (p, name) = st.aliases.first()?;
-            parts.push(name.clone());
+            parts.push(name.to_os_string());
             cur = Some(p.clone());
         }
         while let Some(n) = cur {
@@ -169,7 +299,7 @@ impl Node {
             }
             let st = n.state.read();
             let (p, name) = st.aliases.first()?;
-            parts.push(name.clone());
+            parts.push(name.to_os_string());
             cur = Some(p.clone());
         }
         let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
@@ -206,7 +336,7 @@ impl Node {
             if self.is_dir() {
                 st.aliases.clear();
             }
-            st.aliases.push((parent.clone(), name.to_os_string()));
+            st.aliases.push((parent.clone(), Name::new(name)));
         }
     }
 
@@ -221,9 +351,21 @@ impl Node {
         }
     }
 
+    /// Spells out the lower paths of its present first name, which is
+    /// about to change or go (NodeState::pin_lowers).
+    pub fn pin_lower_paths(&self) {
+        let path = self.path();
+        self.state.write().pin_lowers(path);
+    }
+
     /// Makes (parent, name) the name that path() uses.
     pub fn promote_alias(&self, parent: &Arc<Node>, name: &OsStr) {
+        if self.is_first_alias(parent, name) {
+            return;
+        }
+        let old_path = self.path();
         let mut st = self.state.write();
+        st.pin_lowers(old_path);
         if let Some(i) = st
             .aliases
             .iter()
@@ -232,6 +374,13 @@ impl Node {
             let a = st.aliases.remove(i);
             st.aliases.insert(0, a);
         }
+    }
+
+    fn is_first_alias(&self, parent: &Arc<Node>, name: &OsStr) -> bool {
+        let st = self.state.read();
+        st.aliases
+            .first()
+            .is_some_and(|(p, n)| Arc::ptr_eq(p, parent) && n == name)
     }
 
     pub fn alias_count(&self) -> usize {
@@ -245,13 +394,14 @@ impl Node {
         new_parent: &Arc<Node>,
         new: &OsStr,
     ) {
+        let old_path = self.path();
         let mut st = self.state.write();
+        st.pin_lowers(old_path);
         st.aliases
             .retain(|(p, n)| !(Arc::ptr_eq(p, old_parent) && n == old));
         st.aliases
             .retain(|(p, n)| !(Arc::ptr_eq(p, new_parent) && n == new));
-        st.aliases
-            .insert(0, (new_parent.clone(), new.to_os_string()));
+        st.aliases.insert(0, (new_parent.clone(), Name::new(new)));
         st.dead = false;
     }
 }
@@ -275,73 +425,6 @@ pub struct NodeTable {
     generation: AtomicU64,
     /// Where forgotten nodes were, for file handles (export.rs).
     pub ghosts: Ghosts,
-}
-
-/// What is left of a node the kernel forgot: its name, to find it again
-/// when the kernel decodes a file handle of it (a LOOKUP of "." under its
-/// id), and its generation, which the handle carries.
-#[derive(Debug, Clone)]
-pub struct Ghost {
-    pub ino: u64,
-    pub parent: u64,
-    pub name: Box<OsStr>,
-    pub generation: u64,
-    pub kind: u32,
-}
-
-/// Direct-mapped caches of ghosts, one for dirs and one for the rest: a
-/// later forget of a colliding id evicts, so memory stays bounded on any
-/// walk, and a walk over many files does not evict the dirs above the
-/// ones it passed (a decode needs its parent's ghost when the parent is
-/// forgotten too). Allocated at the first forget.
-#[derive(Debug, Default)]
-pub struct Ghosts {
-    dirs: std::sync::OnceLock<Box<[Mutex<Option<Ghost>>]>>,
-    others: std::sync::OnceLock<Box<[Mutex<Option<Ghost>>]>>,
-}
-
-impl Ghosts {
-    pub const SLOTS: usize = 1 << 13;
-
-    fn table(&self, dir: bool) -> &std::sync::OnceLock<Box<[Mutex<Option<Ghost>>]>> {
-        if dir {
-            &self.dirs
-        } else {
-            &self.others
-        }
-    }
-
-    /// Fibonacci hashing: neighbouring inode numbers spread out.
-    fn index(ino: u64) -> usize {
-        (ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 51) as usize % Self::SLOTS
-    }
-
-    fn put(&self, g: Ghost) {
-        let table = self.table(g.kind == libc::S_IFDIR);
-        let table = table.get_or_init(|| (0..Self::SLOTS).map(|_| Mutex::new(None)).collect());
-        let slot = &table[Self::index(g.ino)];
-        *slot.lock() = Some(g);
-    }
-
-    /// The ghost of `ino` in the dir or the other table; nothing is
-    /// allocated before the first forget, and lookups do not allocate.
-    fn find(&self, ino: u64, dir: bool, kind: Option<u32>) -> Option<Ghost> {
-        let slot = self.table(dir).get()?[Self::index(ino)].lock();
-        slot.as_ref()
-            .filter(|g| g.ino == ino && kind.is_none_or(|k| g.kind == k))
-            .cloned()
-    }
-
-    pub fn get(&self, ino: u64) -> Option<Ghost> {
-        self.find(ino, true, None)
-            .or_else(|| self.find(ino, false, None))
-    }
-
-    /// The generation a node of `ino` and `kind` had when it was forgotten.
-    fn generation(&self, ino: u64, kind: u32) -> Option<u64> {
-        self.find(ino, kind == libc::S_IFDIR, Some(kind))
-            .map(|g| g.generation)
-    }
 }
 
 impl NodeTable {
@@ -387,16 +470,7 @@ impl NodeTable {
                 generation,
                 f.kind,
                 f.upper,
-                NodeState {
-                    aliases: smallvec::smallvec![(parent.clone(), name.to_os_string())],
-                    lowers: f.lowers.clone(),
-                    dead: false,
-                    redirect: f.redirect.clone(),
-                    index: f.index.clone(),
-                    nlink: f.nlink,
-                    metacopy: f.metacopy,
-                    upper_markers: None,
-                },
+                NodeState::new(smallvec::smallvec![(parent.clone(), Name::new(name))], &f),
             );
             n.nlookup.store(nlookup + count as u64, Ordering::Release);
             Arc::new(n)
@@ -404,21 +478,30 @@ impl NodeTable {
         match self.map.entry(f.ino) {
             Entry::Occupied(mut e) => {
                 let old = e.get().clone();
-                let same = old.kind == f.kind && !old.state.read().dead;
+                let same = old.kind() == f.kind && !old.state.read().dead;
                 if same {
                     if f.upper {
                         old.set_upper();
                     }
+                    // A non-dir found under another of its names: "the
+                    // path of my first name" would be the wrong lower path.
+                    let mut lowers = f.lowers;
+                    if !old.is_dir() && !old.is_first_alias(parent, name) {
+                        let p = parent.path().map(|p| crate::layer::join(&p, name));
+                        for l in lowers.iter_mut().filter(|l| l.path.is_none()) {
+                            l.path = p.clone().map(Arc::new);
+                        }
+                    }
                     {
                         let mut st = old.state.write();
-                        st.lowers = f.lowers;
-                        st.redirect = f.redirect;
+                        st.lowers = lowers;
+                        st.set_redirect(f.redirect);
                         st.metacopy = f.metacopy;
                         if f.index.is_some() {
-                            st.index = f.index;
+                            st.set_index(f.index);
                         }
                         if f.nlink.is_some() {
-                            st.nlink = f.nlink;
+                            st.set_nlink(f.nlink);
                         }
                     }
                     old.add_alias(parent, name);
@@ -470,9 +553,9 @@ impl NodeTable {
             self.ghosts.put(Ghost {
                 ino: n.ino,
                 parent: p.ino,
-                name: name.as_os_str().into(),
-                generation: n.generation,
-                kind: n.kind,
+                name: (**name).into(),
+                generation: n.generation(),
+                kind: n.kind(),
             });
         }
     }
@@ -499,5 +582,17 @@ impl NodeTable {
                 next = n.state.read().aliases.first().map(|(p, _)| p.ino);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// The memory target (issue 14: 30,000 listed files in 10 MiB) holds
+    /// with a node that fits a 144-byte malloc chunk beside Arc's counts.
+    #[test]
+    fn a_node_fits_its_malloc_chunk() {
+        assert!(std::mem::size_of::<super::Node>() <= 120);
+        assert!(std::mem::size_of::<super::Name>() <= 24);
+        assert!(std::mem::size_of::<super::LowerRef>() <= 16);
     }
 }

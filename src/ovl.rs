@@ -111,21 +111,14 @@ impl OvlFs {
             if l.data_only {
                 break;
             }
-            root_lowers.push(LowerRef {
-                layer: i as u16,
-                path: None,
-            });
+            root_lowers.push(LowerRef::new(i as u16, None));
         }
         let root = Node::new(
             ROOT_INO,
             0,
             libc::S_IFDIR,
             upper.is_some(),
-            NodeState {
-                aliases: Default::default(),
-                lowers: root_lowers.into(),
-                ..Default::default()
-            },
+            NodeState::with_lowers(root_lowers.into()),
         );
         Ok(OvlFs {
             cfg,
@@ -199,7 +192,7 @@ impl OvlFs {
     /// The layer and path of the object that the merged view shows: the
     /// upper copy if any, else the top lower one.
     pub fn real(&self, node: &Node) -> Result<(&Layer, Vec<u8>)> {
-        if let Some(name) = node.state.read().index.clone() {
+        if let Some(name) = node.state.read().index().cloned() {
             if let Some(ix) = self.index.as_ref() {
                 return Ok((ix, name.as_bytes().to_vec()));
             }

@@ -177,7 +177,7 @@ impl OvlFs {
         // for the old name onto the new one, both names stay.
         let one_inode = self.index.is_some()
             && !dnode.is_dir()
-            && dnode.kind == r.src.kind
+            && dnode.kind() == r.src.kind()
             && dnode.st_ino() == r.src.st_ino();
         if one_inode {
             self.invalidate_entry_later(r.n.newparent.ino, r.n.newname);
@@ -321,7 +321,7 @@ impl OvlFs {
         if let Some((d, dst_st)) = &r.dst {
             self.inos.keep_pin(d, pin);
             // Read first: store_nlink takes the state lock for writing.
-            let counted = d.state.read().nlink;
+            let counted = d.state.read().nlink();
             if let Some(nl) = counted {
                 self.store_nlink(d, nl.saturating_sub(1))?;
             }
@@ -374,7 +374,7 @@ impl OvlFs {
         let samedir = Arc::ptr_eq(parent, newparent) && !abs;
         // The redirect belongs to the inode: another name of it (through
         // the index) may have set one already, which then holds.
-        let mut existing = node.state.read().redirect.clone();
+        let mut existing = node.state.read().redirect().cloned();
         if existing.is_none() && node.has_upper() && !node.is_dir() {
             let (layer, path) = self.real(node)?;
             existing = layer
@@ -394,7 +394,7 @@ impl OvlFs {
             while let Some(n) = cur.filter(|n| n.ino != crate::node::ROOT_INO) {
                 let st = n.state.read();
                 let (p, own) = st.aliases.first().ok_or(Errno::ENOENT)?;
-                match st.redirect.as_deref() {
+                match st.redirect().map(|r| &**r) {
                     Some(r) if r.first() == Some(&b'/') => {
                         parts.push(r[1..].to_vec());
                         break;
@@ -432,7 +432,7 @@ impl OvlFs {
         if let Some(v) = value {
             sys::setxattr(pfd.as_fd(), cname, &self.xn.redirect, v, 0)?;
             crate::stats::add(&crate::stats::STATS.redirects, 1);
-            node.state.write().redirect = Some(Arc::from(v));
+            node.state.write().set_redirect(Some(Arc::from(v)));
         }
         if !samedir {
             self.set_impure(&self.path_of(newparent)?)?;
@@ -441,11 +441,7 @@ impl OvlFs {
             if !is_under(&n, node) {
                 continue;
             }
-            let Some(path) = n.path() else { continue };
-            let mut st = n.state.write();
-            for l in st.lowers.iter_mut().filter(|l| l.path.is_none()) {
-                l.path = Some(Arc::from(path.as_slice()));
-            }
+            n.pin_lower_paths();
         }
         Ok(())
     }

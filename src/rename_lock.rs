@@ -20,7 +20,7 @@
 //!   -> Node::copy_up_lock (one at a time: a parent is copied up before
 //!      the child's is taken)
 //!   -> NodeTable shard (dashmap) -> Node::state (RwLock)
-//!   -> Ghosts slot (node.rs), WorkDir/InoMap/Handles/Splits maps (leaves).
+//!   -> Ghosts slot (ghost.rs), WorkDir/InoMap/Handles/Splits maps (leaves).
 //! A `Node::state` guard is never held across a call that may take a
 //! table shard or another node's state (intern, forget, copy_up).
 

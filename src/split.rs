@@ -38,7 +38,7 @@ impl Splits {
         let id = *self.ids.get(&(parent.ino, name.to_os_string()))?;
         let n = nodes.get(id)?;
         let s = n.state.read();
-        let live = n.kind == kind
+        let live = n.kind() == kind
             && !s.dead
             && s.aliases
                 .iter()
@@ -73,7 +73,11 @@ impl Splits {
             .flatten()
             .map(|n| {
                 let s = n.state.read();
-                let names: Vec<_> = s.aliases.iter().map(|(p, a)| (p.ino, a.clone())).collect();
+                let names: Vec<_> = s
+                    .aliases
+                    .iter()
+                    .map(|(p, a)| (p.ino, a.to_os_string()))
+                    .collect();
                 (n.st_ino(), names)
             });
         nodes.forget(ino, n);

@@ -292,9 +292,9 @@ fn forgotten_nodes_are_found_again_by_id() {
     let s = Scratch::new("export");
     let fs = fs_over(&s.0, false, true);
     let f = walk(&fs, "deep/1/2/3/file").unwrap();
-    let (ino, generation) = (f.ino, f.generation);
+    let (ino, generation) = (f.ino, f.generation());
     let dir = walk(&fs, "deep/1/2").unwrap();
-    let (dino, dgen) = (dir.ino, dir.generation);
+    let (dino, dgen) = (dir.ino, dir.generation());
     drop((f, dir));
     let before = fs.nodes.len();
     // The kernel forgets every lookup the walks took, bottom up.
@@ -314,9 +314,9 @@ fn forgotten_nodes_are_found_again_by_id() {
     assert!(fs.nodes.get(ino).is_none() && fs.nodes.get(dino).is_none());
 
     let (n, st) = fs.lookup_self(ino).unwrap();
-    assert_eq!((n.ino, n.generation, st.st_size), (ino, generation, 5));
+    assert_eq!((n.ino, n.generation(), st.st_size), (ino, generation, 5));
     let (d, _) = fs.lookup_self(dino).unwrap();
-    assert_eq!((d.ino, d.generation), (dino, dgen));
+    assert_eq!((d.ino, d.generation()), (dino, dgen));
     let (p, _) = fs.lookup_parent(dino).unwrap();
     assert_eq!(p.path().unwrap(), b"deep/1");
     assert_eq!(fs.lookup_parent(1).unwrap().0.ino, 1);

@@ -92,7 +92,7 @@ impl OvlFuse {
     fn entry_of<'a>(&self, node: &Node, a: &'a Attr) -> Entry<'a> {
         Entry {
             nodeid: node.ino,
-            generation: node.generation,
+            generation: node.generation(),
             entry_ttl: self.ttl,
             attr_ttl: self.attr_ttl(node),
             attr: a,

@@ -111,11 +111,11 @@ impl OvlFs {
             .unwrap_or_else(|| self.map_ino(0, st));
         let node = self.nodes.get(ino)?;
         let s = node.state.read();
-        let same = node.kind == st.st_mode & libc::S_IFMT
+        let same = node.kind() == st.st_mode & libc::S_IFMT
             && node.has_upper()
             && !s.dead
             && !s.metacopy
-            && s.index.is_none()
+            && s.index().is_none()
             && s.aliases
                 .iter()
                 .any(|(p, n)| std::ptr::eq(p.as_ref(), parent) && n == name);
@@ -128,10 +128,10 @@ impl OvlFs {
         }
         let found = Found {
             ino,
-            kind: node.kind,
+            kind: node.kind(),
             upper: true,
             lowers: s.lowers.clone(),
-            redirect: s.redirect.clone(),
+            redirect: s.redirect().cloned(),
             index: None,
             nlink: None,
             metacopy: false,

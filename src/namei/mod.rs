@@ -291,10 +291,7 @@ impl OvlFs {
         if format::is_whiteout(&st) || self.is_xwhiteout(layer, &lpath, &st)? {
             return Ok(Step::Done);
         }
-        let lref = LowerRef {
-            layer: li,
-            path: (lpath != d.path).then(|| Arc::from(lpath.as_slice())),
-        };
+        let lref = LowerRef::new(li, (lpath != d.path).then_some(lpath.as_slice()));
         let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         match &d.top {
             None => {
@@ -363,13 +360,6 @@ impl OvlFs {
         mut st: Stat,
         idx: usize,
     ) -> Result<(Found, Stat)> {
-        // A non-dir may have several names: "same path as my name" would be
-        // ambiguous, so its lower paths are always spelt out.
-        if !is_dir(&st) {
-            for l in d.lowers.iter_mut().filter(|l| l.path.is_none()) {
-                l.path = Some(Arc::from(d.path.as_slice()));
-            }
-        }
         if d.metacopy && d.data_blocks.is_none() {
             log::warn!(
                 "{}: metacopy file without lower data",
