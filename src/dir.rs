@@ -344,13 +344,14 @@ impl OvlFs {
         }
         // The same object under one more name: its state carries over (a
         // metacopy file's redirect to its data among it).
+        let lowers = node.lowers_for(newparent, newname);
         let found = {
             let s = node.state.read();
             Found {
                 ino: node.ino,
                 kind: node.kind(),
                 upper: true,
-                lowers: s.lowers.clone(),
+                lowers,
                 redirect: s.redirect().cloned(),
                 index: s.index().cloned(),
                 nlink: None,

@@ -358,6 +358,21 @@ impl Node {
         self.state.write().pin_lowers(path);
     }
 
+    /// The lower stack for a `Found` under (parent, name), which intern
+    /// reads as relative to that name: spelt out unless it is the first.
+    pub fn lowers_for(&self, parent: &Node, name: &OsStr) -> Lowers {
+        let mut lowers = self.state.read().lowers.clone();
+        if self.is_first_alias(parent, name) || lowers.iter().all(|l| l.path.is_some()) {
+            return lowers;
+        }
+        if let Some(p) = self.path().map(Arc::new) {
+            for l in lowers.iter_mut().filter(|l| l.path.is_none()) {
+                l.path = Some(p.clone());
+            }
+        }
+        lowers
+    }
+
     /// Makes (parent, name) the name that path() uses.
     pub fn promote_alias(&self, parent: &Arc<Node>, name: &OsStr) {
         if self.is_first_alias(parent, name) {
@@ -376,11 +391,11 @@ impl Node {
         }
     }
 
-    fn is_first_alias(&self, parent: &Arc<Node>, name: &OsStr) -> bool {
+    fn is_first_alias(&self, parent: &Node, name: &OsStr) -> bool {
         let st = self.state.read();
         st.aliases
             .first()
-            .is_some_and(|(p, n)| Arc::ptr_eq(p, parent) && n == name)
+            .is_some_and(|(p, n)| std::ptr::eq(p.as_ref(), parent) && n == name)
     }
 
     pub fn alias_count(&self) -> usize {

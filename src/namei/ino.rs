@@ -119,6 +119,8 @@ impl OvlFs {
             && s.aliases
                 .iter()
                 .any(|(p, n)| std::ptr::eq(p.as_ref(), parent) && n == name);
+        let redirect = s.redirect().cloned();
+        drop(s);
         if !same {
             return None;
         }
@@ -130,8 +132,8 @@ impl OvlFs {
             ino,
             kind: node.kind(),
             upper: true,
-            lowers: s.lowers.clone(),
-            redirect: s.redirect().cloned(),
+            lowers: node.lowers_for(parent, name),
+            redirect,
             index: None,
             nlink: None,
             metacopy: false,
