@@ -158,13 +158,22 @@ impl OvlFuse {
             attr_ttl: std::time::Duration::ZERO,
             attr: &none,
         };
-        for en in crate::readdir::entries_after(&entries, offset) {
+        let rest = crate::readdir::entries_after(&entries, offset);
+        // Lookups only where this reply covers the rest of the dir. Past
+        // one reply the kernel asks with plain READDIR, so `ls -l` looks
+        // up most names of a big dir one by one anyway, and a walk that
+        // does not stat (find) would pay a lookup per name that the
+        // kernel's overlay never makes: cold, 2.2 s against 4.8 s for a
+        // find of 1,000,000 files in dirs of 1,000.
+        let lookups = DirBuf::plus_fit(size, rest.iter().map(|e| e.name.len()));
+        for en in rest {
             let (off, name, dtype) = (en.off, en.name.as_bytes(), en.dtype as u32);
             // "." and ".." take no lookup and need no attributes; a name
             // listed but not found (an xattr whiteout outside an opaque=x
             // dir) goes without them too (node id 0).
             let found = match name {
                 b"." | b".." => None,
+                _ if !lookups => None,
                 _ => self.fs.lookup_listed(&dir, &en.name, true, en.layer).ok(),
             };
             let Some((node, st)) = found else {

@@ -221,8 +221,24 @@ impl DirBuf {
     }
 
     fn fits(&self, extra: usize, name: &[u8]) -> bool {
-        let need = (extra + abi::DIRENT_LEN + name.len()).next_multiple_of(8);
-        self.w.buf.len() + need <= self.max
+        self.w.buf.len() + Self::len(extra, name.len()) <= self.max
+    }
+
+    fn len(extra: usize, name_len: usize) -> usize {
+        (extra + abi::DIRENT_LEN + name_len).next_multiple_of(8)
+    }
+
+    /// Whether READDIRPLUS entries for all of `names` fit in `max` bytes.
+    pub fn plus_fit<'a>(max: u32, names: impl IntoIterator<Item = usize>) -> bool {
+        let mut left = max as usize;
+        for n in names {
+            let need = Self::len(abi::ENTRY_OUT_LEN, n);
+            let Some(l) = left.checked_sub(need) else {
+                return false;
+            };
+            left = l;
+        }
+        true
     }
 
     fn dirent(&mut self, ino: u64, off: u64, dtype: u32, name: &[u8]) {
@@ -279,6 +295,14 @@ mod tests {
         let mut p = DirBuf::new(4096);
         assert!(p.add_plus(&e, 77, 1, 8, b"n"));
         assert_eq!(p.w.buf.len(), abi::ENTRY_OUT_LEN + 32);
+        assert!(DirBuf::plus_fit(
+            2 * (abi::ENTRY_OUT_LEN as u32 + 32),
+            [1, 8]
+        ));
+        assert!(!DirBuf::plus_fit(
+            2 * (abi::ENTRY_OUT_LEN as u32 + 32),
+            [1, 9]
+        ));
         assert_eq!(&p.w.buf[..8], &9u64.to_ne_bytes());
         assert_eq!(
             &p.w.buf[abi::ENTRY_OUT_LEN..abi::ENTRY_OUT_LEN + 8],
