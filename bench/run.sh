@@ -11,16 +11,21 @@
 # files): deep_ls lists it, deep_read opens and reads names that only the
 # bottom layer holds.
 #
-#   bench/run.sh [--files N] [--dirs N] [--mib N] [--layers N] [--repeats N] [--quick]
+# A third image holds MILLION empty files in dirs of 1,000: find_million
+# walks it cold, and the daemon's peak RSS after that walk is reported.
+#
+#   bench/run.sh [--files N] [--dirs N] [--mib N] [--layers N] [--million N]
+#                [--repeats N] [--quick]
 set -euo pipefail
 shopt -s inherit_errexit
-FILES=20000 DIRS=5000 MIB=256 LAYERS=500 REPEATS=3
+FILES=20000 DIRS=5000 MIB=256 LAYERS=500 MILLION=1000000 REPEATS=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --files) FILES=$2; shift 2 ;;
     --dirs) DIRS=$2; shift 2 ;;
     --mib) MIB=$2; shift 2 ;;
     --layers) LAYERS=$2; shift 2 ;;
+    --million) MILLION=$2; shift 2 ;;
     --repeats) REPEATS=$2; shift 2 ;;
     --quick) FILES=5000 DIRS=2000 MIB=64 LAYERS=500 REPEATS=3; shift ;;
     *) echo "bench: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
@@ -71,6 +76,17 @@ mkdir -p "$S/$LAYERS/stack/bottom"
 for ((f = 0; f < 100; f++)); do echo "bottom $f" > "$S/$LAYERS/stack/bottom/b$f"; done
 # Relative to $S: 500 absolute paths would not fit in mount(2)'s one page.
 DEEP=$(seq -s: 1 "$LAYERS")
+# The million image: empty files, made by one process.
+MIL="$T/million"
+python3 - "$MIL/mil" "$MILLION" << 'PY'
+import os, sys
+base, n = sys.argv[1], int(sys.argv[2])
+for d in range((n + 999) // 1000):
+    p = f"{base}/d{d}"
+    os.makedirs(p)
+    for f in range(min(1000, n - d * 1000)):
+        os.close(os.open(f"{p}/f{f}", os.O_CREAT | os.O_WRONLY, 0o644))
+PY
 sync
 
 now() { date +%s%N; }
@@ -84,6 +100,7 @@ mount_fs() {
   o="lowerdir=$L,upperdir=$d/u,workdir=$d/w"
   # The deep image, by paths relative to $S (daemons and mount run there).
   [[ $w == deep_* ]] && o="lowerdir=$DEEP,upperdir=$d/u,workdir=$d/w"
+  [[ $w == find_million ]] && o="lowerdir=$MIL,upperdir=$d/u,workdir=$d/w"
   [ -n "$SAVED_URING" ] && { [[ $k == ovlfuse-uring* ]] && echo Y || echo N; } > "$URING"
   case $k in
     kernel) (cd "$S" && mount -t overlay overlay -o "$o" "$d/m"); return ;;
@@ -111,7 +128,8 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # The operations each workload does, for requests per operation.
 declare -A OPS=([ls_lR_cold]=$FILES [stat_warm]=$FILES [mkdir]=$DIRS [find_delete]=$DIRS
   [create]=$FILES [copy_up]=1 [rm_lower]=1 [seq_read]=$MIB [seq_write_fsync]=$MIB
-  [parallel_mix]=$FILES [deep_ls]=$((LAYERS * 10 + 100)) [deep_read]=100)
+  [parallel_mix]=$FILES [deep_ls]=$((LAYERS * 10 + 100)) [deep_read]=100
+  [find_million]=$MILLION)
 
 # The timed part of workload $2 on mount dir $1.
 workload() {
@@ -126,6 +144,7 @@ workload() {
     create) (cd "$m" && mkdir c && for ((i = 0; i < FILES; i++)); do printf '%4096s' '' > "c/f$i"; done) ;;
     deep_ls) ls -lR "$m/stack" > /dev/null ;;
     deep_read) cat "$m"/stack/bottom/* > /dev/null ;;
+    find_million) find "$m/mil" > /dev/null ;;
     copy_up) echo x >> "$m/big" ;;
     rm_lower) rm "$m/big" ;;
     seq_read) cat "$m/big" > /dev/null ;;
@@ -141,7 +160,7 @@ workload() {
 # What comes before the timed part.
 prepare() {
   case $2 in
-    ls_lR_cold | copy_up | seq_read | parallel_mix | deep_ls | deep_read) drop ;;
+    ls_lR_cold | copy_up | seq_read | parallel_mix | deep_ls | deep_read | find_million) drop ;;
     stat_warm) ls -lR "$1/m/tree" > /dev/null ;;
     find_delete) (cd "$1/m" && mkdir n && cd n && seq "$DIRS" | xargs mkdir) ;;
   esac
@@ -171,10 +190,14 @@ count_requests() { # kind workload
   echo "$n"
 }
 
-peak_rss_kb() { # kind
+peak_rss_kb() { # kind workload
   local d="$T/$1" kb
-  mount_fs "$1" "$d"
-  ls -lR "$d/m/tree" > /dev/null
+  mount_fs "$1" "$d" "$2"
+  prepare "$d" "$2"
+  case $2 in
+    ls_lR_cold) ls -lR "$d/m/tree" > /dev/null ;;
+    *) workload "$d" "$2" ;;
+  esac
   kb=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON/status")
   umount_fs "$d"
   echo "$kb"
@@ -188,6 +211,7 @@ KINDS=(kernel ovlfuse)
 [ -x "$FOVL2" ] && KINDS+=(fuse-overlayfs-2.0)
 WORKLOADS=(ls_lR_cold stat_warm mkdir find_delete create copy_up rm_lower seq_read seq_write_fsync
   parallel_mix deep_ls deep_read)
+[ "$MILLION" -gt 0 ] && WORKLOADS+=(find_million)
 declare -A R M
 for w in "${WORKLOADS[@]}"; do
   for k in "${KINDS[@]}"; do R[$k,$w]=""; done
@@ -256,5 +280,12 @@ for k in ovlfuse ovlfuse-uring; do
     "$k" "$(bc -l <<< "$mn / 1000000")" "$(bc -l <<< "$m1 / 1000000")" "$(bc -l <<< "$m1 / $mn")"
 done
 for k in "${KINDS[@]:1}"; do
-  printf 'daemon peak RSS after ls -lR of %d files: %-19s %d kB\n' "$FILES" "$k" "$(peak_rss_kb "$k")"
+  printf 'daemon peak RSS after ls -lR of %d files: %-19s %d kB\n' "$FILES" "$k" \
+    "$(peak_rss_kb "$k" ls_lR_cold)"
 done
+if [ "$MILLION" -gt 0 ]; then
+  for k in "${KINDS[@]:1}"; do
+    printf 'daemon peak RSS after find of %d files: %-19s %d kB\n' "$MILLION" "$k" \
+      "$(peak_rss_kb "$k" find_million)"
+  done
+fi
