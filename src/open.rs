@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -126,8 +126,24 @@ pub struct DirHandle {
 pub struct Handles {
     files: DashMap<u64, Arc<OpenFile>>,
     dirs: DashMap<u64, Arc<DirHandle>>,
+    /// The last listing of recently read dirs, by node id: handle-less
+    /// reads (zero-message opendir) go on with it, and lookups in the dir
+    /// take from it the layer each name was found in.
+    listings: DashMap<u64, Listed>,
     next: AtomicU64,
 }
+
+struct Listed {
+    /// Not a strong reference: the node goes when the kernel forgets it.
+    dir: Weak<Node>,
+    entries: Arc<Vec<DirEntry>>,
+}
+
+/// With more listings than this kept, they are all dropped (a read goes
+/// on with a fresh listing: positions are name cookies).
+const MAX_LISTINGS: usize = 16;
+/// A listing read to its end is kept (for lookups) up to this size.
+const MAX_KEPT_ENTRIES: usize = 10_000;
 
 impl Default for Handles {
     fn default() -> Handles {
@@ -135,6 +151,7 @@ impl Default for Handles {
         Handles {
             files: DashMap::new(),
             dirs: DashMap::new(),
+            listings: DashMap::new(),
             next: AtomicU64::new(1),
         }
     }
@@ -189,5 +206,26 @@ impl Handles {
 
     pub fn release_dir(&self, fh: u64) {
         self.dirs.remove(&fh);
+    }
+
+    /// The last listing of `dir`, if kept.
+    pub fn listing(&self, dir: &Arc<Node>) -> Option<Arc<Vec<DirEntry>>> {
+        let l = self.listings.get(&dir.ino)?;
+        std::ptr::eq(l.dir.as_ptr(), Arc::as_ptr(dir)).then(|| l.entries.clone())
+    }
+
+    pub fn keep_listing(&self, dir: &Arc<Node>, entries: Arc<Vec<DirEntry>>) {
+        if self.listings.len() >= MAX_LISTINGS {
+            self.listings.clear();
+        }
+        let ino = dir.ino;
+        let dir = Arc::downgrade(dir);
+        self.listings.insert(ino, Listed { dir, entries });
+    }
+
+    /// `dir` was read to its end: a big listing goes.
+    pub fn listing_read(&self, dir: &Node) {
+        self.listings
+            .remove_if(&dir.ino, |_, l| l.entries.len() > MAX_KEPT_ENTRIES);
     }
 }

@@ -148,34 +148,73 @@ impl OvlFs {
         let _paths = self.rename_lock.paths();
         let h = self.handles.dir(fh)?;
         if offset == 0 || h.entries.lock().is_empty() {
-            let node = &h.node;
-            let parent = node.parent().map(|p| p.ino).unwrap_or(node.ino);
-            let mut v = vec![
-                DirEntry {
-                    name: ".".into(),
-                    ino: node.ino,
-                    dtype: libc::DT_DIR,
-                    layer: None,
-                    off: 1,
-                },
-                DirEntry {
-                    name: "..".into(),
-                    ino: parent,
-                    dtype: libc::DT_DIR,
-                    layer: None,
-                    off: 2,
-                },
-            ];
-            // A removed dir lists nothing, as on the kernel's overlay.
-            if !node.state.read().dead {
-                let mut names = self.merged_entries(node)?;
-                in_cookie_order(&mut names);
-                v.extend(names);
-            }
-            *h.entries.lock() = Arc::new(v);
+            *h.entries.lock() = self.snapshot(&h.node)?;
         }
         let e = h.entries.lock().clone();
         Ok(e)
+    }
+
+    /// A read of dir `node` with no open handle (the kernel's zero-message
+    /// opendir, which spares OPENDIR and RELEASEDIR per dir): offset 0
+    /// takes a fresh snapshot, a read further on goes on with the one the
+    /// last read took (the kernel reads a dir in order) or a fresh one
+    /// (positions are name cookies), and the snapshot goes once read out.
+    pub fn readdir_unopened(&self, node: &Arc<Node>, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        if !node.is_dir() {
+            return Err(crate::Errno::ENOTDIR);
+        }
+        let _paths = self.rename_lock.paths();
+        let v = match self.handles.listing(node).filter(|_| offset > 0) {
+            Some(v) => v,
+            None => self.snapshot(node)?,
+        };
+        if entries_after(&v, offset).is_empty() {
+            self.handles.listing_read(node);
+        }
+        Ok(v)
+    }
+
+    /// The lower layer the last listing of `dir` found `name` in: a lookup
+    /// starts there (lookup_listed), so a dir listed and then looked up
+    /// name by name (`ls -l` past the first reply) does not ask every
+    /// layer again per name.
+    pub fn listed_in(&self, dir: &Arc<Node>, name: &std::ffi::OsStr) -> Option<u16> {
+        let v = self.handles.listing(dir)?;
+        let c = cookie(name);
+        let i = v.partition_point(|e| e.off < c);
+        // Colliding cookies were moved up by one each.
+        v[i..].iter().take(8).find(|e| e.name == name)?.layer
+    }
+
+    /// "." and "..", then the merged names in cookie order; kept for the
+    /// reads and lookups that follow.
+    fn snapshot(&self, node: &Arc<Node>) -> Result<Arc<Vec<DirEntry>>> {
+        let parent = node.parent().map(|p| p.ino).unwrap_or(node.ino);
+        let mut v = vec![
+            DirEntry {
+                name: ".".into(),
+                ino: node.ino,
+                dtype: libc::DT_DIR,
+                layer: None,
+                off: 1,
+            },
+            DirEntry {
+                name: "..".into(),
+                ino: parent,
+                dtype: libc::DT_DIR,
+                layer: None,
+                off: 2,
+            },
+        ];
+        // A removed dir lists nothing, as on the kernel's overlay.
+        if !node.state.read().dead {
+            let mut names = self.merged_entries(node)?;
+            in_cookie_order(&mut names);
+            v.extend(names);
+        }
+        let v = Arc::new(v);
+        self.handles.keep_listing(node, v.clone());
+        Ok(v)
     }
 
     /// The dir an open dir handle reads.

@@ -7,7 +7,11 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::entry::{caller, creds};
 use super::{attr, tryr, OvlFuse};
+use crate::node::Node;
+use crate::open::DirEntry;
 use crate::stats;
+
+type Listing = (std::sync::Arc<Node>, std::sync::Arc<Vec<DirEntry>>);
 use crate::wire::{Attr, BackingId, DirBuf, Entry, OpenIo, Reply, Request};
 
 impl OvlFuse {
@@ -114,6 +118,15 @@ impl OvlFuse {
 
     pub(super) fn opendir(&self, req: &Request, reply: Reply) {
         let n = tryr!(reply, self.node(req.nodeid));
+        if self.no_opendir.load(std::sync::atomic::Ordering::Relaxed) {
+            // The kernel takes this as "open dirs without asking" and
+            // caches listings with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR.
+            return reply.error(if n.is_dir() {
+                libc::ENOSYS
+            } else {
+                libc::ENOTDIR
+            });
+        }
         let fh = tryr!(reply, self.fs.opendir(&n));
         // Every change to a dir's names comes through this mount, and the
         // kernel drops its cached listing at each; listings are in name
@@ -132,8 +145,19 @@ impl OvlFuse {
         reply.ok()
     }
 
-    pub(super) fn readdir(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
-        let entries = tryr!(reply, self.fs.readdir(fh, offset));
+    /// The dir a read is of, and its listing (a handle's, or with no
+    /// handle, fh 0, one for the dir node: zero-message opendir).
+    fn listing(&self, req: &Request, fh: u64, offset: u64) -> crate::Result<Listing> {
+        if fh == 0 {
+            let dir = self.node(req.nodeid)?;
+            let entries = self.fs.readdir_unopened(&dir, offset)?;
+            return Ok((dir, entries));
+        }
+        Ok((self.fs.dir_node(fh)?, self.fs.readdir(fh, offset)?))
+    }
+
+    pub(super) fn readdir(&self, req: &Request, fh: u64, offset: u64, size: u32, reply: Reply) {
+        let (_, entries) = tryr!(reply, self.listing(req, fh, offset));
         let mut buf = DirBuf::new(size);
         for en in crate::readdir::entries_after(&entries, offset) {
             if !buf.add(en.ino, en.off, en.dtype as u32, en.name.as_bytes()) {
@@ -146,9 +170,8 @@ impl OvlFuse {
     /// Each entry is a lookup (counted, as the kernel keeps it) whose
     /// attributes come along; d_ino is the st_ino that stat reports, also
     /// where the node id differs (a name of a lower hard link).
-    pub(super) fn readdirplus(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
-        let entries = tryr!(reply, self.fs.readdir(fh, offset));
-        let dir = tryr!(reply, self.fs.dir_node(fh));
+    pub(super) fn readdirplus(&self, req: &Request, fh: u64, offset: u64, size: u32, reply: Reply) {
+        let (dir, entries) = tryr!(reply, self.listing(req, fh, offset));
         let mut buf = DirBuf::new(size);
         let none = Attr::default();
         let unlinked = Entry {

@@ -29,6 +29,9 @@ pub struct OvlFuse {
     /// POSIX ACLs are on (FUSE_POSIX_ACL with FUSE_DONT_MASK): the kernel
     /// leaves the umask of new objects to us (acl_mode).
     dont_mask: AtomicBool,
+    /// The kernel opens dirs without asking (FUSE_NO_OPENDIR_SUPPORT):
+    /// OPENDIR is answered ENOSYS once, and reads come with no handle.
+    no_opendir: AtomicBool,
 }
 
 /// The attributes FUSE carries, from the real object's stat.
@@ -68,6 +71,7 @@ impl OvlFuse {
             ttl,
             pt: Passthrough::default(),
             dont_mask: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
         }
     }
 
@@ -140,6 +144,12 @@ impl Handler for OvlFuse {
             // kernel's rules), file capabilities by the real filesystem
             // under our writes: no security.capability GETXATTR per write.
             c.want(init::HANDLE_KILLPRIV_V2);
+            // No OPENDIR and RELEASEDIR per dir: a dir read needs no
+            // state of its own here (positions are name cookies), and the
+            // kernel then caches listings as CachedDir asks (5.1+).
+            if c.want(init::NO_OPENDIR_SUPPORT) {
+                self.no_opendir.store(true, Ordering::Relaxed);
+            }
         }
         // The kernel enforces POSIX ACLs itself (with default_permissions)
         // and keeps mode and ACL consistent, as on the kernel's overlay.
@@ -169,8 +179,10 @@ impl Handler for OvlFuse {
             Op::Release { fh } => self.release(req, *fh, reply),
             Op::Fsync { fh, datasync } => self.fsync(*fh, *datasync, reply),
             Op::Opendir { .. } => self.opendir(req, reply),
-            Op::Readdir { fh, offset, size } => self.readdir(*fh, *offset, *size, reply),
-            Op::Readdirplus { fh, offset, size } => self.readdirplus(*fh, *offset, *size, reply),
+            Op::Readdir { fh, offset, size } => self.readdir(req, *fh, *offset, *size, reply),
+            Op::Readdirplus { fh, offset, size } => {
+                self.readdirplus(req, *fh, *offset, *size, reply)
+            }
             Op::Releasedir { fh } => self.releasedir(*fh, reply),
             Op::Fsyncdir { .. } => self.fsyncdir(req, reply),
             Op::Create {

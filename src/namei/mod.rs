@@ -428,7 +428,8 @@ impl OvlFs {
         name: &OsStr,
         count: bool,
     ) -> Result<(Arc<Node>, Stat)> {
-        self.lookup_listed(parent, name, count, None)
+        let listed_in = self.listed_in(parent, name);
+        self.lookup_listed(parent, name, count, listed_in)
     }
 
     /// lookup of a name a listing found in lower `listed_in` (readdirplus):
