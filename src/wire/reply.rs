@@ -229,7 +229,7 @@ impl DirBuf {
     }
 
     /// Whether READDIRPLUS entries for all of `names` fit in `max` bytes.
-    pub fn plus_fit<'a>(max: u32, names: impl IntoIterator<Item = usize>) -> bool {
+    pub fn plus_fit(max: u32, names: impl IntoIterator<Item = usize>) -> bool {
         let mut left = max as usize;
         for n in names {
             let need = Self::len(abi::ENTRY_OUT_LEN, n);
