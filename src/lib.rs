@@ -10,7 +10,7 @@
 //!   config     options as fuse-overlayfs and the kernel spell them; checks
 //!   layer      one layer: root fd, openat2 RESOLVE_BENEATH I/O, atime reach
 //!   workdir    W/work: temp names, clean-up, in-use lock, `Whiteouts` form
-//!   node       the inode table (ovl_inode + dcache)
+//!   node       the inode table (ovl_inode + dcache); nodemap its index
 //!   ghost      what forgotten nodes leave for file handles
 //!   inomap     st_ino: xino bits, copied-up numbers, pinned removed objects
 //!   split      keys of split nodes (names of lower hard links, index=off)
@@ -56,6 +56,7 @@ pub mod logger;
 pub mod mount;
 pub mod namei;
 pub mod node;
+pub mod nodemap;
 pub mod offline;
 pub mod open;
 pub mod ovl;

@@ -13,9 +13,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
 use crate::ghost::{Ghost, Ghosts};
+use crate::nodemap::{Keyed, NodeMap};
 use parking_lot::{Mutex, RwLock};
 
 pub const ROOT_INO: u64 = 1;
@@ -434,9 +433,15 @@ pub struct Found {
     pub metacopy: bool,
 }
 
+impl Keyed for Arc<Node> {
+    fn key(&self) -> u64 {
+        self.ino
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct NodeTable {
-    map: DashMap<u64, Arc<Node>>,
+    map: NodeMap<Arc<Node>>,
     generation: AtomicU64,
     /// Where forgotten nodes were, for file handles (export.rs).
     pub ghosts: Ghosts,
@@ -445,17 +450,17 @@ pub struct NodeTable {
 impl NodeTable {
     pub fn new(root: Node) -> NodeTable {
         let t = NodeTable {
-            map: DashMap::new(),
+            map: NodeMap::default(),
             generation: AtomicU64::new(1),
             ghosts: Ghosts::default(),
         };
         root.nlookup.store(1, Ordering::Release);
-        t.map.insert(ROOT_INO, Arc::new(root));
+        t.map.insert(Arc::new(root));
         t
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        self.map.get(&ino).map(|n| n.clone())
+        self.map.get(ino)
     }
 
     pub fn root(&self) -> Arc<Node> {
@@ -464,7 +469,7 @@ impl NodeTable {
 
     /// Every node in the table (a snapshot).
     pub fn all(&self) -> Vec<Arc<Node>> {
-        self.map.iter().map(|e| e.value().clone()).collect()
+        self.map.all()
     }
 
     pub fn len(&self) -> usize {
@@ -478,19 +483,19 @@ impl NodeTable {
     /// Returns the node for a found object under (parent, name), creating
     /// or refreshing it; adds one lookup if `count` is set.
     pub fn intern(&self, parent: &Arc<Node>, name: &OsStr, f: Found, count: bool) -> Arc<Node> {
-        use dashmap::mapref::entry::Entry;
-        let fresh = |nlookup: u64, generation: u64| {
+        use hashbrown::hash_table::Entry;
+        let fresh = |f: &Found, nlookup: u64, generation: u64| {
             let n = Node::new(
                 f.ino,
                 generation,
                 f.kind,
                 f.upper,
-                NodeState::new(smallvec::smallvec![(parent.clone(), Name::new(name))], &f),
+                NodeState::new(smallvec::smallvec![(parent.clone(), Name::new(name))], f),
             );
             n.nlookup.store(nlookup + count as u64, Ordering::Release);
             Arc::new(n)
         };
-        match self.map.entry(f.ino) {
+        self.map.entry(f.ino, |e| match e {
             Entry::Occupied(mut e) => {
                 let old = e.get().clone();
                 let same = old.kind() == f.kind && !old.state.read().dead;
@@ -529,8 +534,8 @@ impl NodeTable {
                     // the kernel's lookups on the old one carry over (it will
                     // FORGET them against this id).
                     let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                    let n = fresh(old.nlookup(), g);
-                    e.insert(n.clone());
+                    let n = fresh(&f, old.nlookup(), g);
+                    *e.get_mut() = n.clone();
                     n
                 }
             }
@@ -539,13 +544,14 @@ impl NodeTable {
                 // that handles of it carry.
                 let g = self.ghosts.generation(f.ino, f.kind);
                 let n = fresh(
+                    &f,
                     0,
                     g.unwrap_or_else(|| self.generation.load(Ordering::Acquire)),
                 );
                 e.insert(n.clone());
                 n
             }
-        }
+        })
     }
 
     /// Drops `n` lookups; frees the node (and ancestors nobody needs) at zero.
@@ -584,14 +590,14 @@ impl NodeTable {
             }
             // The ghost is left while the shard is still locked, so that
             // a LOOKUP of "." racing this FORGET finds the node or its ghost.
-            let removed = self.map.remove_if(&ino, |_, n| {
+            let removed = self.map.remove_if(ino, |n| {
                 let gone = n.nlookup() == 0 && Arc::strong_count(n) == 1;
                 if gone {
                     self.leave_ghost(n);
                 }
                 gone
             });
-            if let Some((_, n)) = removed {
+            if let Some(n) = removed {
                 // Only a single parent chain is followed; other aliases' parents
                 // are reaped by their own forgets.
                 next = n.state.read().aliases.first().map(|(p, _)| p.ino);
