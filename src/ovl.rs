@@ -200,8 +200,15 @@ impl OvlFs {
         if node.has_upper() {
             return Ok((self.upper()?, self.path_of(node)?));
         }
-        let st = node.state.read();
-        let l = st.lowers.first().ok_or(Errno::ENOENT)?;
+        // Not held across path_of, which reads the state again: a second
+        // read behind a waiting writer would deadlock.
+        let l = node
+            .state
+            .read()
+            .lowers
+            .first()
+            .ok_or(Errno::ENOENT)?
+            .clone();
         // An explicit lower path holds also once the object has no name.
         let lp = match &l.path {
             Some(p) => p.to_vec(),
