@@ -158,7 +158,7 @@ impl OvlFs {
     /// opendir, which spares OPENDIR and RELEASEDIR per dir): offset 0
     /// takes a fresh snapshot, a read further on goes on with the one the
     /// last read took (the kernel reads a dir in order) or a fresh one
-    /// (positions are name cookies), and the snapshot goes once read out.
+    /// (positions are name cookies); a big snapshot goes once read out.
     pub fn readdir_unopened(&self, node: &Arc<Node>, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
         if !node.is_dir() {
             return Err(crate::Errno::ENOTDIR);

@@ -10,9 +10,10 @@ use super::{attr, tryr, OvlFuse};
 use crate::node::Node;
 use crate::open::DirEntry;
 use crate::stats;
-
-type Listing = (std::sync::Arc<Node>, std::sync::Arc<Vec<DirEntry>>);
 use crate::wire::{Attr, BackingId, DirBuf, Entry, OpenIo, Reply, Request};
+
+/// A dir and its listing.
+type Listing = (std::sync::Arc<Node>, std::sync::Arc<Vec<DirEntry>>);
 
 impl OvlFuse {
     /// Picks the I/O mode of a new open (passthrough.rs).

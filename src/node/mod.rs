@@ -37,13 +37,12 @@ pub struct LowerRef {
     /// Index into the lower layer list (0 = top lower).
     pub layer: u16,
     /// Path in that layer, spelt out where it differs from the path of the
-    /// object's first name (redirects, renames, removal). A thin pointer: nearly every node has none, and a lower stack of
-    /// one such entry fits in the node.
+    /// object's first name (redirects, renames, removal). A thin pointer:
+    /// nearly every node has none, and a stack of one entry fits the node.
     pub path: Option<Arc<Vec<u8>>>,
 }
 
 impl LowerRef {
-    /// The path in its layer, given the merged path `merged`.
     pub fn new(layer: u16, path: Option<&[u8]>) -> LowerRef {
         LowerRef {
             layer,
@@ -51,6 +50,7 @@ impl LowerRef {
         }
     }
 
+    /// The path in its layer, given the merged path `merged`.
     pub fn path_or(&self, merged: &[u8]) -> Vec<u8> {
         match &self.path {
             Some(p) => p.to_vec(),
@@ -86,6 +86,18 @@ impl PartialEq<OsStr> for Name {
 impl std::fmt::Debug for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// Gives the parts of `lowers` that have no path of their own `path`:
+/// where they are, before the name they were relative to changes.
+pub fn spell_out(lowers: &mut Lowers, path: Option<Vec<u8>>) {
+    let Some(p) = path.filter(|_| lowers.iter().any(|l| l.path.is_none())) else {
+        return;
+    };
+    let p = Arc::new(p);
+    for l in lowers.iter_mut().filter(|l| l.path.is_none()) {
+        l.path = Some(p.clone());
     }
 }
 
@@ -175,13 +187,7 @@ impl NodeState {
     /// A lower part with no path of its own is where the first name says.
     /// Before that name changes, its lower parts get `path` spelt out.
     pub fn pin_lowers(&mut self, path: Option<Vec<u8>>) {
-        let Some(p) = path.filter(|_| self.lowers.iter().any(|l| l.path.is_none())) else {
-            return;
-        };
-        let p = Arc::new(p);
-        for l in self.lowers.iter_mut().filter(|l| l.path.is_none()) {
-            l.path = Some(p.clone());
-        }
+        spell_out(&mut self.lowers, path);
     }
 
     /// Changes the boxed fields; the box goes when they are all empty.
@@ -246,7 +252,9 @@ impl Node {
 
     /// Sets the st_ino of a node whose id is not its st_ino.
     pub fn set_st_ino(&self, ino: u64) {
-        if is_split_id(self.ino) {
+        // Every lookup of the node sets it: take the write lock only for
+        // a change.
+        if is_split_id(self.ino) && self.st_ino() != ino {
             self.state.write().edit_extra(|e| e.shown_ino = Some(ino));
         }
     }
@@ -366,11 +374,7 @@ impl Node {
         if self.is_first_alias(parent, name) || lowers.iter().all(|l| l.path.is_some()) {
             return lowers;
         }
-        if let Some(p) = self.path().map(Arc::new) {
-            for l in lowers.iter_mut().filter(|l| l.path.is_none()) {
-                l.path = Some(p.clone());
-            }
-        }
+        spell_out(&mut lowers, self.path());
         lowers
     }
 

@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Found, Name, Node, NodeState, ROOT_INO};
+use super::{spell_out, Found, Name, Node, NodeState, ROOT_INO};
 use crate::ghost::{Ghost, Ghosts};
 use crate::nodemap::{Keyed, NodeMap};
 
@@ -86,9 +86,7 @@ impl NodeTable {
                     let mut lowers = f.lowers;
                     if !old.is_dir() && !old.is_first_alias(parent, name) {
                         let p = parent.path().map(|p| crate::layer::join(&p, name));
-                        for l in lowers.iter_mut().filter(|l| l.path.is_none()) {
-                            l.path = p.clone().map(Arc::new);
-                        }
+                        spell_out(&mut lowers, p);
                     }
                     {
                         let mut st = old.state.write();
