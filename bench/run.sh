@@ -14,11 +14,14 @@
 # A third image holds MILLION empty files in dirs of 1,000: find_million
 # walks it cold, and the daemon's peak RSS after that walk is reported.
 #
+# --rss skips the timed part: only each daemon's peak RSS after the
+# `ls -lR` of FILES files and after the walk of the MILLION files.
+#
 #   bench/run.sh [--files N] [--dirs N] [--mib N] [--layers N] [--million N]
-#                [--repeats N] [--quick]
+#                [--repeats N] [--quick] [--rss]
 set -euo pipefail
 shopt -s inherit_errexit
-FILES=20000 DIRS=5000 MIB=256 LAYERS=500 MILLION=1000000 REPEATS=3
+FILES=20000 DIRS=5000 MIB=256 LAYERS=500 MILLION=1000000 REPEATS=3 RSS_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --files) FILES=$2; shift 2 ;;
@@ -26,6 +29,7 @@ while [ $# -gt 0 ]; do
     --mib) MIB=$2; shift 2 ;;
     --layers) LAYERS=$2; shift 2 ;;
     --million) MILLION=$2; shift 2 ;;
+    --rss) RSS_ONLY=1; shift ;;
     --repeats) REPEATS=$2; shift 2 ;;
     --quick) FILES=5000 DIRS=2000 MIB=64 LAYERS=500 REPEATS=3; shift ;;
     *) echo "bench: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
@@ -212,57 +216,59 @@ KINDS=(kernel ovlfuse)
 WORKLOADS=(ls_lR_cold stat_warm mkdir find_delete create copy_up rm_lower seq_read seq_write_fsync
   parallel_mix deep_ls deep_read)
 [ "$MILLION" -gt 0 ] && WORKLOADS+=(find_million)
-declare -A R M
-for w in "${WORKLOADS[@]}"; do
-  for k in "${KINDS[@]}"; do R[$k,$w]=""; done
-  for ((i = 0; i < REPEATS; i++)); do
-    for k in "${KINDS[@]}"; do R[$k,$w]+="$(run "$k" "$w") "; done
+# The timed part (skipped with --rss).
+if [ "$RSS_ONLY" = 0 ]; then
+  declare -A R M
+  for w in "${WORKLOADS[@]}"; do
+    for k in "${KINDS[@]}"; do R[$k,$w]=""; done
+    for ((i = 0; i < REPEATS; i++)); do
+      for k in "${KINDS[@]}"; do R[$k,$w]+="$(run "$k" "$w") "; done
+    done
+    for k in "${KINDS[@]}"; do M[$k,$w]=$(tr ' ' '\n' <<< "${R[$k,$w]}" | grep . | median); done
   done
-  for k in "${KINDS[@]}"; do M[$k,$w]=$(tr ' ' '\n' <<< "${R[$k,$w]}" | grep . | median); done
-done
 
-echo "files=$FILES dirs=$DIRS big=${MIB}MiB layers=$LAYERS repeats=$REPEATS cores=$(nproc) kernel=$(uname -r)"
-echo "fuse-overlayfs: $($FOVL --version 2>&1 | head -1)${FOVL2:+; $([ -x "$FOVL2" ] && "$FOVL2" --version 2>&1 | head -1)}"
-printf '%-16s' workload
-for k in "${KINDS[@]}"; do printf ' %19s' "$k ms"; done
-echo
-for w in "${WORKLOADS[@]}"; do
-  printf '%-16s' "$w"
-  for k in "${KINDS[@]}"; do printf ' %19.1f' "$(bc -l <<< "${M[$k,$w]} / 1000000")"; done
+  echo "files=$FILES dirs=$DIRS big=${MIB}MiB layers=$LAYERS repeats=$REPEATS cores=$(nproc) kernel=$(uname -r)"
+  echo "fuse-overlayfs: $($FOVL --version 2>&1 | head -1)${FOVL2:+; $([ -x "$FOVL2" ] && "$FOVL2" --version 2>&1 | head -1)}"
+  printf '%-16s' workload
+  for k in "${KINDS[@]}"; do printf ' %19s' "$k ms"; done
   echo
-done
-echo
-echo "ratio to the kernel (lower is better)"
-printf '%-16s' workload
-for k in "${KINDS[@]:1}"; do printf ' %19s' "$k"; done
-echo
-for w in "${WORKLOADS[@]}"; do
-  printf '%-16s' "$w"
-  for k in "${KINDS[@]:1}"; do printf ' %19.2f' "$(bc -l <<< "${M[$k,$w]} / ${M[kernel,$w]}")"; done
+  for w in "${WORKLOADS[@]}"; do
+    printf '%-16s' "$w"
+    for k in "${KINDS[@]}"; do printf ' %19.1f' "$(bc -l <<< "${M[$k,$w]} / 1000000")"; done
+    echo
+  done
   echo
-done
-
-if [ -n "$SAVED_TRACE" ]; then
-  echo 65536 > "$TR/buffer_size_kb"
-  echo 1 > "$TR/tracing_on"
-  echo
-  echo "FUSE requests per operation, and microseconds per request above the kernel's time"
+  echo "ratio to the kernel (lower is better)"
   printf '%-16s' workload
   for k in "${KINDS[@]:1}"; do printf ' %19s' "$k"; done
   echo
   for w in "${WORKLOADS[@]}"; do
     printf '%-16s' "$w"
-    for k in "${KINDS[@]:1}"; do
-      n=$(count_requests "$k" "$w")
-      if [ "$n" -gt 0 ]; then
-        printf ' %8.2f %7.1fus' "$(bc -l <<< "$n / ${OPS[$w]}")" \
-          "$(bc -l <<< "(${M[$k,$w]} - ${M[kernel,$w]}) / $n / 1000")"
-      else
-        printf ' %19s' "-"
-      fi
-    done
+    for k in "${KINDS[@]:1}"; do printf ' %19.2f' "$(bc -l <<< "${M[$k,$w]} / ${M[kernel,$w]}")"; done
     echo
   done
+
+  if [ -n "$SAVED_TRACE" ]; then
+    echo 65536 > "$TR/buffer_size_kb"
+    echo 1 > "$TR/tracing_on"
+    echo
+    echo "FUSE requests per operation, and microseconds per request above the kernel's time"
+    printf '%-16s' workload
+    for k in "${KINDS[@]:1}"; do printf ' %19s' "$k"; done
+    echo
+    for w in "${WORKLOADS[@]}"; do
+      printf '%-16s' "$w"
+      for k in "${KINDS[@]:1}"; do
+        n=$(count_requests "$k" "$w")
+        if [ "$n" -gt 0 ]; then
+          printf ' %8.2f %7.1fus' "$(bc -l <<< "$n / ${OPS[$w]}")" \
+            "$(bc -l <<< "(${M[$k,$w]} - ${M[kernel,$w]}) / $n / 1000")"
+        else
+          printf ' %19s' "-"
+        fi
+      done
+      echo
+    done
 fi
 
 # Threads: the parallel mix with the default threads and with one, on
@@ -279,6 +285,7 @@ for k in ovlfuse ovlfuse-uring; do
   printf 'parallel mix, %s: threads=default %.1f ms, threads=1 %.1f ms, speed-up %.2fx\n' \
     "$k" "$(bc -l <<< "$mn / 1000000")" "$(bc -l <<< "$m1 / 1000000")" "$(bc -l <<< "$m1 / $mn")"
 done
+fi
 for k in "${KINDS[@]:1}"; do
   printf 'daemon peak RSS after ls -lR of %d files: %-19s %d kB\n' "$FILES" "$k" \
     "$(peak_rss_kb "$k" ls_lR_cold)"
