@@ -4,7 +4,7 @@
 //! copy on its next read, as the kernel's ovl_real_fdget does.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use std::sync::Arc;
 
@@ -140,19 +140,18 @@ impl OvlFs {
     }
 
     pub fn read(&self, fh: u64, off: u64, size: u32) -> Result<Vec<u8>> {
-        let f = self.file(fh)?;
-        let fd = self.current_fd(&f)?;
+        let fd = self.read_fd(fh)?;
         let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = sys::pread(fd.as_fd(), &mut buf[done..], off + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
+        let n = read_at(fd.as_fd(), &mut buf, off)?;
+        buf.truncate(n);
         Ok(buf)
+    }
+
+    /// The fd a READ on `fh` reads from now (the upper copy once there is
+    /// one); the transport reads it into its own buffer ([`read_at`]).
+    pub fn read_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        let f = self.file(fh)?;
+        self.current_fd(&f)
     }
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
@@ -264,4 +263,17 @@ impl OvlFs {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Reads `buf.len()` bytes at `off`, fewer only at end of file.
+pub fn read_at(fd: BorrowedFd, buf: &mut [u8], off: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = sys::pread(fd, &mut buf[done..], off + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
 }

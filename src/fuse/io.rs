@@ -2,7 +2,7 @@
 //! fsync, allocation, seeking, copying, and listing.
 
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::entry::{caller, creds};
@@ -61,8 +61,13 @@ impl OvlFuse {
     }
 
     pub(super) fn read(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
-        let data = tryr!(reply, self.fs.read(fh, offset, size));
-        reply.data(&data)
+        // Read straight into the transport's buffer: no allocation and one
+        // copy per READ (cold reads of lower files go this way).
+        let fd = tryr!(reply, self.fs.read_fd(fh));
+        reply.data_fill(
+            size as usize,
+            Box::new(move |buf| crate::file::read_at(fd.as_fd(), buf, offset).map_err(|e| e.0)),
+        )
     }
 
     pub(super) fn write(&self, req: &Request, fh: u64, offset: u64, data: &[u8], reply: Reply) {

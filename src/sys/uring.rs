@@ -136,6 +136,26 @@ impl RingEntry {
     ) -> io::Result<()> {
         let n = reply.len().min(self.payload.len());
         self.payload[..n].copy_from_slice(&reply[..n]);
+        self.commit_len(commit_id, unique, error, n)
+    }
+
+    /// Commits a reply whose payload `fill` writes in place (up to `size`
+    /// bytes), or the errno it returns.
+    pub fn commit_fill(
+        &mut self,
+        commit_id: u64,
+        unique: u64,
+        size: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, i32>,
+    ) -> io::Result<()> {
+        let size = size.min(self.payload.len());
+        match fill(&mut self.payload[..size]) {
+            Ok(n) => self.commit_len(commit_id, unique, 0, n.min(size)),
+            Err(errno) => self.commit_len(commit_id, unique, -errno, 0),
+        }
+    }
+
+    fn commit_len(&mut self, commit_id: u64, unique: u64, error: i32, n: usize) -> io::Result<()> {
         let h = &mut self.header;
         h[0..4].copy_from_slice(&((16 + n) as u32).to_ne_bytes());
         h[4..8].copy_from_slice(&error.to_ne_bytes());

@@ -10,10 +10,17 @@ use std::time::Duration;
 use super::abi::{self, split_ttl, Attr, Writer};
 use super::BackingId;
 
+/// Writes a reply's payload in place (a READ's data): the bytes written,
+/// or the errno to answer instead.
+pub type Fill = Box<dyn FnOnce(&mut [u8]) -> Result<usize, i32> + Send>;
+
 /// Where replies go: the /dev/fuse fd, or an io_uring queue entry.
 pub trait Channel: Send + Sync {
     /// Sends one whole reply: the out header, then `payload` parts.
     fn send(&self, unique: u64, error: i32, payload: &[&[u8]]) -> io::Result<()>;
+    /// Sends a reply of up to `size` bytes that `fill` writes into the
+    /// transport's own buffer, so that data is copied once.
+    fn send_fill(&self, unique: u64, size: usize, fill: Fill) -> io::Result<()>;
     /// The connection's device fd (passthrough backing files).
     fn device(&self) -> BorrowedFd<'_>;
     /// Keeps the device alive as long as a backing id needs it.
@@ -29,6 +36,23 @@ pub fn write_reply(fd: BorrowedFd, unique: u64, error: i32, payload: &[&[u8]]) -
     parts.push(IoSlice::new(&h.buf));
     parts.extend(payload.iter().map(|p| IoSlice::new(p)));
     crate::sys::fuse_dev::write_message(fd, &parts).map(drop)
+}
+
+/// Fills up to `size` bytes of a per-thread buffer kept for replies, then
+/// sends them: the /dev/fuse side of [`Channel::send_fill`].
+pub fn write_filled(fd: BorrowedFd, unique: u64, size: usize, fill: Fill) -> io::Result<()> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with_borrow_mut(|buf| {
+        if buf.len() < size {
+            buf.resize(size, 0);
+        }
+        match fill(&mut buf[..size]) {
+            Ok(n) => write_reply(fd, unique, 0, &[&buf[..n.min(size)]]),
+            Err(errno) => write_reply(fd, unique, -errno, &[]),
+        }
+    })
 }
 
 /// How an open does its I/O.
@@ -95,8 +119,13 @@ impl Reply {
     fn send(mut self, error: i32, payload: &[&[u8]]) {
         self.sent = true;
         crate::stats::STATS.answered(self.opcode, error, self.start);
+        let r = self.chan.send(self.unique, error, payload);
+        self.sent_log(r);
+    }
+
+    fn sent_log(&self, r: io::Result<()>) {
         // ENOENT: the request was interrupted and is gone; nothing to do.
-        if let Err(e) = self.chan.send(self.unique, error, payload) {
+        if let Err(e) = r {
             if e.raw_os_error() != Some(libc::ENOENT) {
                 log::debug!("reply to request {}: {e}", self.unique);
             }
@@ -156,6 +185,16 @@ impl Reply {
 
     pub fn data(self, d: &[u8]) {
         self.send(0, &[d])
+    }
+
+    /// Data of up to `size` bytes that `fill` writes straight into the
+    /// transport's buffer (READ), or the errno it returns.
+    pub fn data_fill(mut self, size: usize, fill: Fill) {
+        self.sent = true;
+        // The statistics count a READ as answered when its data is read.
+        crate::stats::STATS.answered(self.opcode, 0, self.start);
+        let r = self.chan.send_fill(self.unique, size, fill);
+        self.sent_log(r);
     }
 
     pub fn written(self, n: u32) {
@@ -275,6 +314,29 @@ impl DirBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filled_reply_carries_what_fill_wrote_or_its_errno() {
+        let (mut r, w) = std::io::pipe().unwrap();
+        let fill: Fill = Box::new(|b: &mut [u8]| {
+            assert_eq!(b.len(), 8);
+            b[..3].copy_from_slice(b"abc");
+            Ok(3)
+        });
+        write_filled(w.as_fd(), 7, 8, fill).unwrap();
+        write_filled(w.as_fd(), 8, 1 << 20, Box::new(|_| Err(libc::EIO))).unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut got).unwrap();
+        // Out header (len, error, unique), then the data; then EIO alone.
+        assert_eq!(&got[..4], &19u32.to_ne_bytes());
+        assert_eq!(&got[4..8], &0i32.to_ne_bytes());
+        assert_eq!(&got[8..16], &7u64.to_ne_bytes());
+        assert_eq!(&got[16..19], b"abc");
+        assert_eq!(&got[19..23], &16u32.to_ne_bytes());
+        assert_eq!(&got[23..27], &(-libc::EIO).to_ne_bytes());
+        assert_eq!(got.len(), 35);
+    }
 
     #[test]
     fn dir_entries_are_aligned_and_bounded() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use log::{debug, info};
 
 use super::abi::{self, init, op, Writer};
-use super::reply::{write_reply, Channel};
+use super::reply::{write_filled, write_reply, Channel, Fill};
 use super::uring::{self, QueueArgs};
 use super::{Handler, InitConfig, Op, Reply, Request};
 use crate::sys::fuse_dev;
@@ -33,6 +33,10 @@ struct DevChannel {
 impl Channel for DevChannel {
     fn send(&self, unique: u64, error: i32, payload: &[&[u8]]) -> io::Result<()> {
         write_reply(self.fd.as_fd(), unique, error, payload)
+    }
+
+    fn send_fill(&self, unique: u64, size: usize, fill: Fill) -> io::Result<()> {
+        write_filled(self.fd.as_fd(), unique, size, fill)
     }
 
     fn device(&self) -> BorrowedFd<'_> {

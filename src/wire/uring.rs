@@ -13,14 +13,21 @@ use std::sync::Arc;
 use log::warn;
 use parking_lot::Mutex;
 
-use super::reply::Channel;
+use super::reply::{Channel, Fill};
 use super::session::{dispatch, Acl};
 use super::{Handler, Request};
 use crate::sys::uring::{pin_to_cpu, possible_cpus, RingEntry};
 
+/// A reply a handler sent, kept for the commit that follows it.
+enum Pending {
+    Bytes(u64, i32, Vec<u8>),
+    /// Data written straight into the entry's payload buffer at commit.
+    Fill(u64, usize, Fill),
+}
+
 /// Keeps the reply a handler sends, for the commit that follows it.
 struct UringChannel {
-    reply: Mutex<Option<(u64, i32, Vec<u8>)>>,
+    reply: Mutex<Option<Pending>>,
     dev: Arc<OwnedFd>,
 }
 
@@ -30,7 +37,12 @@ impl Channel for UringChannel {
         for p in payload {
             v.extend_from_slice(p);
         }
-        *self.reply.lock() = Some((unique, error, v));
+        *self.reply.lock() = Some(Pending::Bytes(unique, error, v));
+        Ok(())
+    }
+
+    fn send_fill(&self, unique: u64, size: usize, fill: Fill) -> io::Result<()> {
+        *self.reply.lock() = Some(Pending::Fill(unique, size, fill));
         Ok(())
     }
 
@@ -114,12 +126,13 @@ fn serve_queue<H: Handler>(a: QueueArgs<H>, qid: usize) {
         let id = req.commit_id;
         let parsed = Request::parse_parts(req.header, req.op, req.payload);
         dispatch(parsed, Some(id), &*a.handler, &dchan, a.acl, a.owner);
-        let (unique, error, data) =
-            chan.reply
-                .lock()
-                .take()
-                .unwrap_or((id, -libc::EIO, Vec::new()));
-        if ent.commit(id, unique, error, &data).is_err() {
+        let pending = chan.reply.lock().take();
+        let done = match pending {
+            Some(Pending::Bytes(unique, error, data)) => ent.commit(id, unique, error, &data),
+            Some(Pending::Fill(unique, size, fill)) => ent.commit_fill(id, unique, size, fill),
+            None => ent.commit(id, id, -libc::EIO, &[]),
+        };
+        if done.is_err() {
             return;
         }
     }
