@@ -359,6 +359,7 @@ impl OvlFs {
             }
         };
         let n = self.nodes.intern(newparent, newname, found, true);
+        self.splits.linked(&n, newparent, newname);
         let counted = n.state.read().nlink();
         if let Some(c) = counted {
             self.store_nlink(&n, c + 1)?;

@@ -133,8 +133,12 @@ impl OvlFs {
         if !f.on_upper() && data_in_upper(&f.node) {
             // Only this reopen builds a path: fd I/O holds no rename lock.
             let _paths = self.rename_lock.paths();
-            let path = self.path_of(&f.node)?;
-            f.switch_to_upper(self.upper()?.open_file(&path, f.flags(), 0)?);
+            match self.path_of(&f.node) {
+                Ok(path) => f.switch_to_upper(self.upper()?.open_file(&path, f.flags(), 0)?),
+                // Retired (lower_passthrough): its readers keep the lower.
+                Err(Errno::ESTALE) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(f.fd())
     }
@@ -165,22 +169,52 @@ impl OvlFs {
     }
 
     /// The fd the kernel may do this file's I/O on directly (FUSE
-    /// passthrough): only where no copy-up can ever replace it, that is data
-    /// already in the upper layer, or any file of a read-only overlay.
+    /// passthrough): data already in the upper layer, any file of a
+    /// read-only overlay, and with `lower_passthrough` a lower file opened
+    /// for reading (after a copy-up, `retire` gives its names a new inode).
     pub fn passthrough_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
         let f = self.file(fh).ok()?;
         if f.may_be_setid() {
             return None;
         }
-        // A lower file's readers must reach the copy after a copy-up, which
-        // a passthrough open cannot; nor may the inode's later opens use
-        // another backing file (README, Benchmarks): lower files stay off.
+        // By default a lower file's readers must reach the copy after a
+        // copy-up, which a passthrough open cannot (README, Benchmarks).
         let stable = if self.read_only() {
             !f.node.state.read().metacopy
+        } else if f.on_upper() {
+            true
         } else {
-            f.on_upper()
+            self.cfg.lower_passthrough && !f.writable() && !crate::node::is_split_id(f.node.ino)
         };
         stable.then(|| f.fd())
+    }
+
+    /// `node`'s passthrough readers hold its lower file, which a copy-up
+    /// replaced, and the kernel lets no other open of the inode in. So its
+    /// names leave it: the next lookup of each gives a node of its own
+    /// with the same st_ino (split.rs), and the readers keep this one,
+    /// reading the lower copy as on kernels before 4.19.
+    pub fn retire(&self, node: &Arc<Node>) -> Result<()> {
+        if node.is_dir() || !node.has_upper() {
+            log::error!(
+                "open of {}: its passthrough backing file is not its data",
+                node.ino
+            );
+            return Err(Errno::EIO);
+        }
+        let _commit = self.rename_lock.commit();
+        node.pin_lower_paths();
+        let names = std::mem::take(&mut node.state.write().aliases);
+        self.splits.retire(node.ino);
+        crate::stats::add(&crate::stats::STATS.retired, 1);
+        for (p, name) in names {
+            self.invalidate_entry_later(p.ino, &name);
+        }
+        Ok(())
+    }
+
+    pub fn is_retired(&self, node: &Node) -> bool {
+        self.splits.is_retired(node.ino)
     }
 
     pub fn release(&self, fh: u64) {

@@ -24,6 +24,7 @@ Mount options (-o, comma separated, several -o are merged):
   uidmapping=ID:SHOWN:N[:...], gidmapping=...   (ids as the layers hold them, shown mapped)
   squash_to_root, squash_to_uid=N, squash_to_gid=N   noacl (POSIX ACLs not enforced)
   xattr_permissions=0|1|2   static_nlink   noxattrs=1   timeout=SECS   threads=N
+  lower_passthrough   reads of lower files by FUSE passthrough (an fd held across a copy-up keeps the lower copy)
   ro, rw, allow_other, allow_root, default_permissions, suid, nosuid, dev, nodev, exec, noexec,
   relatime, noatime, strictatime, nodiratime   when reads move atime (as the kernel overlay)
 MOUNTPOINT may be /dev/fd/N (a /dev/fuse connection a helper mounted).

@@ -186,12 +186,25 @@ impl OvlFs {
     }
 
     pub fn path_of(&self, node: &Node) -> Result<Vec<u8>> {
-        node.path().ok_or(Errno::ENOENT)
+        node.path().ok_or_else(|| {
+            // A retired node's names went on to new nodes: a syscall that
+            // came by a path walks it again on ESTALE and finds them.
+            if self.splits.is_retired(node.ino) {
+                Errno::ESTALE
+            } else {
+                Errno::ENOENT
+            }
+        })
     }
 
     /// The layer and path of the object that the merged view shows: the
     /// upper copy if any, else the top lower one.
     pub fn real(&self, node: &Node) -> Result<(&Layer, Vec<u8>)> {
+        if self.splits.is_retired(node.ino) {
+            // Its names (and index entry) went on to other nodes, and may be
+            // gone or something else by now: only its open files tell.
+            return Err(Errno::ESTALE);
+        }
         if let Some(name) = node.state.read().index().cloned() {
             if let Some(ix) = self.index.as_ref() {
                 return Ok((ix, name.as_bytes().to_vec()));
@@ -219,6 +232,9 @@ impl OvlFs {
 
     /// Where the file's data is: the lower for a metacopy file, else real().
     pub fn real_data(&self, node: &Node) -> Result<(&Layer, Vec<u8>)> {
+        if self.splits.is_retired(node.ino) {
+            return Err(Errno::ESTALE);
+        }
         let st = node.state.read();
         if st.metacopy {
             // The last of the stack holds the data (metacopy files above it).

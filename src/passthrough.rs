@@ -1,9 +1,9 @@
 //! Which opens do their I/O by FUSE passthrough. The kernel wants all opens
 //! of one inode either cached (through ovlfuse) or passthrough with one
-//! backing file; direct-I/O opens through ovlfuse may sit beside either.
-//! This keeps that count per inode, and the backing ids with the identity
-//! of their file: after a copy-up an inode's real file changes, and an
-//! open must never be handed a backing id of the file it no longer is.
+//! backing file, and fails any other open with EIO. This keeps that count
+//! per inode, and the backing ids with the identity of their file: after a
+//! copy-up an inode's real file changes, and an open must never be handed
+//! a backing id of the file it no longer is.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -34,9 +34,8 @@ pub struct Passthrough {
     enabled: AtomicBool,
     /// How each open inode does its I/O.
     io: DashMap<u64, InodeIo>,
-    /// Open file handle -> whether it is passthrough (else direct), for
-    /// the ones that are not cached.
-    handles: DashMap<u64, bool>,
+    /// The open file handles that are passthrough.
+    handles: dashmap::DashSet<u64>,
 }
 
 impl Passthrough {
@@ -49,14 +48,17 @@ impl Passthrough {
     }
 
     /// Picks the I/O mode of a new open `fh` of `ino`, whose real file may
-    /// be passed through if `fd` is given, and registers it.
+    /// be passed through if `fd` is given, and registers it. None: the
+    /// inode's passthrough opens hold a backing file that is not this
+    /// open's file (a lower file, copied up since), and the kernel would
+    /// fail the open (EIO); the caller gives the name a new inode.
     pub fn start(
         &self,
         ino: u64,
         fh: u64,
         fd: Option<Arc<OwnedFd>>,
         register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
-    ) -> OpenIo {
+    ) -> Option<OpenIo> {
         let fd = fd.filter(|_| self.enabled());
         let file = fd
             .as_ref()
@@ -64,22 +66,18 @@ impl Passthrough {
             .map(|st| (st.st_dev, st.st_ino));
         let mut io = self.io.entry(ino).or_default();
         if let Some(b) = io.backing.as_mut() {
-            // Passthrough opens of the inode hold a backing file: the same
-            // file joins them. The kernel refuses any other open of the
-            // inode (EIO). Backing files are upper files, which a node
-            // keeps, so this is not reached; if it were, the open fails
-            // rather than read or write a file it is not.
-            if file.is_some() && file == Some(b.file) {
-                b.opens += 1;
-                self.handles.insert(fh, true);
-                return OpenIo::Passthrough(b.id.clone());
+            // Passthrough opens of the inode hold a backing file: only the
+            // same file may join them.
+            if file.is_none() || file != Some(b.file) {
+                return None;
             }
-            self.handles.insert(fh, false);
-            return OpenIo::Direct;
+            b.opens += 1;
+            self.handles.insert(fh);
+            return Some(OpenIo::Passthrough(b.id.clone()));
         }
         let (Some(fd), Some(file)) = (fd.filter(|_| io.cached == 0), file) else {
             io.cached += 1;
-            return OpenIo::Cached;
+            return Some(OpenIo::Cached);
         };
         match register(&fd) {
             Ok(b) => {
@@ -89,8 +87,8 @@ impl Passthrough {
                     file,
                     opens: 1,
                 });
-                self.handles.insert(fh, true);
-                OpenIo::Passthrough(id)
+                self.handles.insert(fh);
+                Some(OpenIo::Passthrough(id))
             }
             Err(e) => {
                 // Refused (no privilege, a stacked upper): keep going without.
@@ -98,29 +96,75 @@ impl Passthrough {
                     info!("FUSE passthrough refused ({e}): file I/O goes through ovlfuse");
                 }
                 io.cached += 1;
-                OpenIo::Cached
+                Some(OpenIo::Cached)
             }
         }
     }
 
     /// The open `fh` of `ino` was released.
     pub fn end(&self, ino: u64, fh: u64) {
-        let mode = self.handles.remove(&fh).map(|(_, p)| p);
+        let passthrough = self.handles.remove(&fh).is_some();
         if let Some(mut io) = self.io.get_mut(&ino) {
-            match mode {
-                Some(true) => {
-                    if let Some(b) = io.backing.as_mut() {
-                        b.opens -= 1;
-                        if b.opens == 0 {
-                            io.backing = None;
-                        }
-                    }
+            if !passthrough {
+                io.cached = io.cached.saturating_sub(1);
+            } else if let Some(b) = io.backing.as_mut() {
+                b.opens -= 1;
+                if b.opens == 0 {
+                    io.backing = None;
                 }
-                Some(false) => {}
-                None => io.cached = io.cached.saturating_sub(1),
             }
         }
         self.io
             .remove_if(&ino, |_, io| io.cached == 0 && io.backing.is_none());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd_of(p: &std::path::Path) -> Arc<OwnedFd> {
+        Arc::new(std::fs::File::open(p).unwrap().into())
+    }
+
+    #[test]
+    fn an_inode_passes_through_to_one_file_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("ovlfuse-pt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let dev: Arc<OwnedFd> = fd_of(std::path::Path::new("/dev/null"));
+        let reg = |_: &OwnedFd| Ok(BackingId::new(7, dev.clone()));
+        let pt = Passthrough::default();
+        pt.enable();
+        let first = pt.start(5, 1, Some(fd_of(&a)), reg);
+        assert!(matches!(first, Some(OpenIo::Passthrough(_))));
+        // The same file joins; another one (the copy after a copy-up) or
+        // none at all is refused, as the kernel would refuse it.
+        assert!(matches!(
+            pt.start(5, 2, Some(fd_of(&a)), reg),
+            Some(OpenIo::Passthrough(_))
+        ));
+        assert!(pt.start(5, 3, Some(fd_of(&b)), reg).is_none());
+        assert!(pt.start(5, 3, None, reg).is_none());
+        // Another inode is free to use the other file.
+        assert!(matches!(
+            pt.start(6, 4, Some(fd_of(&b)), reg),
+            Some(OpenIo::Passthrough(_))
+        ));
+        pt.end(5, 1);
+        pt.end(5, 2);
+        assert!(matches!(
+            pt.start(5, 5, Some(fd_of(&b)), reg),
+            Some(OpenIo::Passthrough(_))
+        ));
+        // A cached open keeps passthrough off the inode until it ends.
+        assert!(matches!(pt.start(9, 6, None, reg), Some(OpenIo::Cached)));
+        assert!(matches!(
+            pt.start(9, 7, Some(fd_of(&a)), reg),
+            Some(OpenIo::Cached)
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,6 +19,7 @@
 //!   rename lock (paths or commit)
 //!   -> Node::copy_up_lock (one at a time: a parent is copied up before
 //!      the child's is taken)
+//!   -> Splits::naming (a lookup picking a split id for a name)
 //!   -> NodeTable shard (dashmap) -> Node::state (RwLock)
 //!   -> Ghosts slot (ghost.rs), WorkDir/InoMap/Handles/Splits maps (leaves).
 //! A `Node::state` guard is never held across a call that may take a

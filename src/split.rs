@@ -2,12 +2,16 @@
 //! nodes): an open or setattr through one name must copy up that name, as
 //! the kernel does, and FUSE names no name with those. Their ids are kept
 //! by (parent, name), and by st_ino the names of one inode.
+//!
+//! A node whose passthrough readers hold its lower file after a copy-up
+//! (lower_passthrough) is retired: the kernel lets no other open of that
+//! inode in, so its names go on as split nodes of the same st_ino.
 
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 
 use crate::node::{self, Node, NodeTable};
 
@@ -19,6 +23,10 @@ pub struct Splits {
     siblings: DashMap<u64, Vec<u64>>,
     /// Split ids count down from the top of the id space (node::is_split_id).
     next: AtomicU64,
+    /// Retired node ids: no lookup hands them out while their node lives.
+    retired: DashSet<u64>,
+    /// Held while a split id is picked for a name (name_id).
+    naming: parking_lot::Mutex<()>,
 }
 
 impl Default for Splits {
@@ -27,6 +35,8 @@ impl Default for Splits {
             ids: DashMap::new(),
             siblings: DashMap::new(),
             next: AtomicU64::new(u64::MAX - 1),
+            retired: DashSet::new(),
+            naming: parking_lot::Mutex::new(()),
         }
     }
 }
@@ -81,9 +91,60 @@ impl Splits {
                 (n.st_ino(), names)
             });
         nodes.forget(ino, n);
-        if let Some((st_ino, names)) = split.filter(|_| nodes.get(ino).is_none()) {
+        if nodes.get(ino).is_some() {
+            return;
+        }
+        self.retired.remove(&ino);
+        if let Some((st_ino, names)) = split {
             self.drop_split(ino, st_ino, &names);
         }
+    }
+
+    /// A split node got one more name (link): lookups of it find the node.
+    pub fn linked(&self, node: &Node, np: &Node, nn: &OsStr) {
+        if node::is_split_id(node.ino) {
+            self.ids.insert((np.ino, nn.to_os_string()), node.ino);
+        }
+    }
+
+    /// Node `ino` is retired: its id leads nowhere new while it lives.
+    pub fn retire(&self, ino: u64) {
+        self.retired.insert(ino);
+    }
+
+    pub fn is_retired(&self, ino: u64) -> bool {
+        !self.retired.is_empty() && self.retired.contains(&ino)
+    }
+
+    /// The id a lookup of (parent, name) gives an object whose id would be
+    /// `ino`: a split id of its own where that node is retired.
+    pub fn unretired(
+        &self,
+        nodes: &NodeTable,
+        ino: u64,
+        parent: &Node,
+        name: &OsStr,
+        kind: u32,
+    ) -> u64 {
+        if !self.is_retired(ino) {
+            return ino;
+        }
+        self.name_id(nodes, parent, name, kind)
+    }
+
+    /// The split id of (parent, name): the live one, or one a lookup has
+    /// just handed out and not yet interned, else a new one. One at a
+    /// time, so that two lookups racing on a name do not both make one
+    /// (the older node would keep a name that leads elsewhere).
+    pub fn name_id(&self, nodes: &NodeTable, parent: &Node, name: &OsStr, kind: u32) -> u64 {
+        let _one = self.naming.lock();
+        let key = (parent.ino, name.to_os_string());
+        if let Some(id) = self.ids.get(&key).map(|r| *r) {
+            if nodes.get(id).is_none() || self.live(nodes, parent, name, kind) == Some(id) {
+                return id;
+            }
+        }
+        self.new_id(parent, name)
     }
 
     /// The split node `id` (whose st_ino was `st_ino`) is gone.
@@ -118,7 +179,7 @@ impl Splits {
             .collect()
     }
 
-    pub fn new_id(&self, parent: &Node, name: &OsStr) -> u64 {
+    fn new_id(&self, parent: &Node, name: &OsStr) -> u64 {
         let id = self.next.fetch_sub(1, Ordering::Relaxed);
         self.ids.insert((parent.ino, name.to_os_string()), id);
         id

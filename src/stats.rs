@@ -66,6 +66,8 @@ pub struct Stats {
     pub whiteouts: AtomicU64,
     pub redirects: AtomicU64,
     pub passthrough_opens: AtomicU64,
+    /// Inodes whose names moved on to new ones (lower_passthrough).
+    pub retired: AtomicU64,
 }
 
 /// The process's counters (one mount per process).
@@ -77,6 +79,7 @@ pub static STATS: Stats = Stats {
     whiteouts: AtomicU64::new(0),
     redirects: AtomicU64::new(0),
     passthrough_opens: AtomicU64::new(0),
+    retired: AtomicU64::new(0),
 };
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -293,6 +296,7 @@ pub fn render_text(s: &Stats, g: &Gauges) -> String {
     let _ = writeln!(o, "whiteouts {}", load(&s.whiteouts));
     let _ = writeln!(o, "redirects {}", load(&s.redirects));
     let _ = writeln!(o, "passthrough_opens {}", load(&s.passthrough_opens));
+    let _ = writeln!(o, "retired_inodes {}", load(&s.retired));
     for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
         if let Some(us) = s.percentile(q) {
             let _ = writeln!(o, "latency_{name}_us {us}");
@@ -337,6 +341,7 @@ fn plain_metrics(s: &Stats, g: &Gauges) -> Vec<Metric> {
         ("whiteouts_total", "counter", "Whiteouts written.", one(load(&s.whiteouts))),
         ("redirects_total", "counter", "Redirects written.", one(load(&s.redirects))),
         ("passthrough_opens_total", "counter", "Opens served by passthrough.", one(load(&s.passthrough_opens))),
+        ("retired_inodes_total", "counter", "Inodes whose names went on as new ones under passthrough readers of the lower file.", one(load(&s.retired))),
     ]
 }
 

@@ -87,6 +87,10 @@ pub struct Config {
     /// `noacl`: POSIX ACLs are not enforced by the kernel (fuse-overlayfs's
     /// option); by default they are (FUSE_POSIX_ACL).
     pub noacl: bool,
+    /// `lower_passthrough`: lower files opened read-only do their reads by
+    /// FUSE passthrough; an fd opened before a copy-up then keeps reading
+    /// the lower copy, as on kernels before 4.19.
+    pub lower_passthrough: bool,
     /// Kernel entry/attr cache timeout in seconds.
     pub timeout: f64,
     pub threads: usize,
@@ -115,6 +119,7 @@ impl Default for Config {
             static_nlink: false,
             noxattrs: false,
             noacl: false,
+            lower_passthrough: false,
             timeout: 86400.0,
             // Requests block on disk I/O, not only CPU: at least 4 workers.
             threads: std::thread::available_parallelism()
@@ -384,6 +389,7 @@ impl Config {
             "static_nlink" => self.static_nlink = true,
             "noxattrs" => self.noxattrs = val.map(|v| v != "0").unwrap_or(true),
             "noacl" => self.noacl = true,
+            "lower_passthrough" => self.lower_passthrough = val.map(|v| v != "0").unwrap_or(true),
             _ => return Ok(false),
         }
         Ok(true)

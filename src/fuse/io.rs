@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use super::entry::{caller, creds};
 use super::{attr, tryr, OvlFuse};
@@ -16,30 +17,51 @@ use crate::wire::{Attr, BackingId, DirBuf, Entry, OpenIo, Reply, Request};
 type Listing = (std::sync::Arc<Node>, std::sync::Arc<Vec<DirEntry>>);
 
 impl OvlFuse {
-    /// Picks the I/O mode of a new open (passthrough.rs).
+    /// Picks the I/O mode of a new open (passthrough.rs); None: the inode
+    /// was retired, and the open is to be retried (ESTALE) on a new one.
     fn start_io(
         &self,
-        ino: u64,
+        node: &Arc<Node>,
         fh: u64,
         register: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
-    ) -> OpenIo {
+    ) -> crate::Result<Option<OpenIo>> {
         let fd = self
             .pt
             .enabled()
             .then(|| self.fs.passthrough_fd(fh))
             .flatten();
-        let io = self.pt.start(ino, fh, fd, register);
-        if matches!(io, OpenIo::Passthrough(_)) {
-            stats::add(&stats::STATS.passthrough_opens, 1);
+        match self.pt.start(node.ino, fh, fd, register) {
+            Some(io) => {
+                if matches!(io, OpenIo::Passthrough(_)) {
+                    stats::add(&stats::STATS.passthrough_opens, 1);
+                }
+                Ok(Some(io))
+            }
+            None => {
+                log::debug!(
+                    "open of node {:x} conflicts with its backing file: retired",
+                    node.ino
+                );
+                self.fs.release(fh);
+                self.fs.retire(node)?;
+                Ok(None)
+            }
         }
-        io
     }
 
     pub(super) fn open(&self, req: &Request, flags: u32, reply: Reply) {
         let n = tryr!(reply, self.node(req.nodeid));
+        if self.fs.is_retired(&n) {
+            // Its names lead to other nodes now: the kernel walks the path
+            // again, asking afresh (LOOKUP_REVAL).
+            log::debug!("open of retired node {:x}: ESTALE", n.ino);
+            return reply.error(libc::ESTALE);
+        }
         let fh = tryr!(reply, self.fs.open(&n, flags as i32));
-        let io = self.start_io(n.ino, fh, |fd| reply.open_backing(fd));
-        reply.opened(fh, &io)
+        match tryr!(reply, self.start_io(&n, fh, |fd| reply.open_backing(fd))) {
+            Some(io) => reply.opened(fh, &io),
+            None => reply.error(libc::ESTALE),
+        }
     }
 
     pub(super) fn create(
@@ -56,8 +78,10 @@ impl OvlFuse {
         let r = self.fs.create(&p, name, mode, flags as i32, creds(req));
         let (node, st, fh) = tryr!(reply, r);
         let a = attr(&st);
-        let io = self.start_io(node.ino, fh, |fd| reply.open_backing(fd));
-        reply.created(&self.entry_of(&node, &a), fh, &io)
+        match tryr!(reply, self.start_io(&node, fh, |fd| reply.open_backing(fd))) {
+            Some(io) => reply.created(&self.entry_of(&node, &a), fh, &io),
+            None => reply.error(libc::ESTALE),
+        }
     }
 
     pub(super) fn read(&self, fh: u64, offset: u64, size: u32, reply: Reply) {

@@ -45,7 +45,15 @@ impl OvlFs {
             .flatten();
         Ok(match split.and_then(|s| self.nodes.get(s)) {
             Some(n) => (n.ino, n.st_ino()),
-            None => (self.upper_ino(st, fh.as_ref(), d.index.is_some()), 0),
+            None => {
+                let ino = self.upper_ino(st, fh.as_ref(), d.index.is_some());
+                let id = if is_dir(st) {
+                    ino
+                } else {
+                    self.splits.unretired(&self.nodes, ino, parent, name, kind)
+                };
+                (id, ino)
+            }
         })
     }
 
@@ -68,10 +76,10 @@ impl OvlFs {
             // the index: linked to the index entry), as in the kernel. It
             // reports the lower's number.
             let kind = st.st_mode & libc::S_IFMT;
-            ino = self
-                .splits
-                .live(&self.nodes, parent, name, kind)
-                .unwrap_or_else(|| self.splits.new_id(parent, name));
+            ino = self.splits.name_id(&self.nodes, parent, name, kind);
+        } else if !is_dir(st) {
+            let kind = st.st_mode & libc::S_IFMT;
+            ino = self.splits.unretired(&self.nodes, ino, parent, name, kind);
         }
         // Another name of a lower hard link whose inode was copied up
         // through the index: the data and link count live there.
@@ -110,6 +118,9 @@ impl OvlFs {
             .copied(st.st_ino)
             .unwrap_or_else(|| self.map_ino(0, st));
         let node = self.nodes.get(ino)?;
+        if self.splits.is_retired(ino) {
+            return None;
+        }
         let s = node.state.read();
         let same = node.kind() == st.st_mode & libc::S_IFMT
             && node.has_upper()

@@ -60,9 +60,6 @@ pub fn write_filled(fd: BorrowedFd, unique: u64, size: usize, fill: Fill) -> io:
 pub enum OpenIo {
     /// Through the daemon, with the kernel's page cache.
     Cached,
-    /// Through the daemon, bypassing the page cache: the one mode the
-    /// kernel lets an open take beside passthrough opens of the inode.
-    Direct,
     /// The kernel does the I/O on the backing file.
     Passthrough(Arc<BackingId>),
     /// A dir whose listing the kernel may keep in its page cache across
@@ -163,7 +160,6 @@ impl Reply {
     fn open_out(w: &mut Writer, fh: u64, io: &OpenIo) {
         let (flags, id) = match io {
             OpenIo::Cached => (0, 0),
-            OpenIo::Direct => (abi::FOPEN_DIRECT_IO, 0),
             OpenIo::Passthrough(b) => (abi::FOPEN_PASSTHROUGH, b.id()),
             OpenIo::CachedDir => (abi::FOPEN_KEEP_CACHE | abi::FOPEN_CACHE_DIR, 0),
         };
