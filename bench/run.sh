@@ -14,6 +14,10 @@
 # A third image holds MILLION empty files in dirs of 1,000: find_million
 # walks it cold, and the daemon's peak RSS after that walk is reported.
 #
+# Then the cold reads of lower files (seq_read, read_small: cat of every
+# file of the tree, deep_read) with ovlfuse's lower_passthrough beside its
+# default, on each transport.
+#
 # --rss skips the timed part: only each daemon's peak RSS after the
 # `ls -lR` of FILES files and after the walk of the MILLION files.
 #
@@ -110,6 +114,7 @@ mount_fs() {
     kernel) (cd "$S" && mount -t overlay overlay -o "$o" "$d/m"); return ;;
     ovlfuse | ovlfuse-uring) cmd=("$OVL" -f -o "$o") ;;
     ovlfuse-t1 | ovlfuse-uring-t1) cmd=("$OVL" -f -o "$o,threads=1") ;;
+    ovlfuse-lp | ovlfuse-uring-lp) cmd=("$OVL" -f -o "$o,lower_passthrough") ;;
     fuse-overlayfs) cmd=("$FOVL" -f -o "$o") ;;
     fuse-overlayfs-2.0) cmd=("$FOVL2" -f -o "$o") ;;
   esac
@@ -132,7 +137,7 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # The operations each workload does, for requests per operation.
 declare -A OPS=([ls_lR_cold]=$FILES [stat_warm]=$FILES [mkdir]=$DIRS [find_delete]=$DIRS
   [create]=$FILES [copy_up]=1 [rm_lower]=1 [seq_read]=$MIB [seq_write_fsync]=$MIB
-  [parallel_mix]=$FILES [deep_ls]=$((LAYERS * 10 + 100)) [deep_read]=100
+  [parallel_mix]=$FILES [deep_ls]=$((LAYERS * 10 + 100)) [deep_read]=100 [read_small]=$FILES
   [find_million]=$MILLION)
 
 # The timed part of workload $2 on mount dir $1.
@@ -152,6 +157,7 @@ workload() {
     copy_up) echo x >> "$m/big" ;;
     rm_lower) rm "$m/big" ;;
     seq_read) cat "$m/big" > /dev/null ;;
+    read_small) find "$m/tree" -type f -exec cat {} + > /dev/null ;;
     seq_write_fsync) dd if=/dev/zero of="$m/out" bs=1M count="$MIB" conv=fsync status=none ;;
     parallel_mix)
       # Four long-lived processes stat and read disjoint subtrees (tar).
@@ -164,7 +170,7 @@ workload() {
 # What comes before the timed part.
 prepare() {
   case $2 in
-    ls_lR_cold | copy_up | seq_read | parallel_mix | deep_ls | deep_read | find_million) drop ;;
+    ls_lR_cold | copy_up | seq_read | read_small | parallel_mix | deep_ls | deep_read | find_million) drop ;;
     stat_warm) ls -lR "$1/m/tree" > /dev/null ;;
     find_delete) (cd "$1/m" && mkdir n && cd n && seq "$DIRS" | xargs mkdir) ;;
   esac
@@ -284,6 +290,26 @@ for k in ovlfuse ovlfuse-uring; do
   mn=$(printf '%s\n' "${TN[@]}" | median); m1=$(printf '%s\n' "${T1[@]}" | median)
   printf 'parallel mix, %s: threads=default %.1f ms, threads=1 %.1f ms, speed-up %.2fx\n' \
     "$k" "$(bc -l <<< "$mn / 1000000")" "$(bc -l <<< "$m1 / 1000000")" "$(bc -l <<< "$m1 / $mn")"
+done
+# Cold reads of lower files with lower_passthrough (-lp) beside the
+# default, on each transport: ratios to the kernel.
+LP=(kernel)
+for k in ovlfuse ovlfuse-uring; do
+  [[ " ${KINDS[*]} " == *" $k "* ]] && LP+=("$k" "$k-lp")
+done
+echo
+echo "cold reads of lower files, lower_passthrough (-lp) against the default: ratio to the kernel"
+printf '%-16s' workload
+for k in "${LP[@]:1}"; do printf ' %19s' "$k"; done
+echo
+for w in seq_read read_small deep_read; do
+  declare -A LPM=()
+  for k in "${LP[@]}"; do
+    LPM[$k]=$(for ((i = 0; i < REPEATS; i++)); do run "$k" "$w"; echo; done | grep . | median)
+  done
+  printf '%-16s' "$w"
+  for k in "${LP[@]:1}"; do printf ' %19.2f' "$(bc -l <<< "${LPM[$k]} / ${LPM[kernel]}")"; done
+  echo
 done
 fi
 for k in "${KINDS[@]:1}"; do
