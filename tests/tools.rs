@@ -28,6 +28,37 @@ fn num(s: &BTreeMap<String, String>, k: &str) -> u64 {
         .map_or(0, |v| v.parse().unwrap_or_else(|_| panic!("{k}: {v}")))
 }
 
+/// A new file's attributes come with its CREATE and hold until it is
+/// written: the fstat a shell's printf (stdio) does after the open needs no
+/// GETATTR. What is left is the dir's, which the kernel re-reads after each
+/// change in it (default_permissions).
+#[test]
+fn a_created_file_needs_no_getattr_before_its_first_write() {
+    let s = Scratch::new("create-getattr");
+    for d in ["l", "u", "w", "m"] {
+        fs::create_dir_all(s.0.join(d)).unwrap();
+    }
+    let (l, u, w, m) = (s.0.join("l"), s.0.join("u"), s.0.join("w"), s.0.join("m"));
+    let mnt = OvlMount::layers(&[l], Some((&u, &w)), &m, "");
+    fs::create_dir(m.join("c")).unwrap();
+    let before = stats(&m);
+    let script =
+        r#"cd "$1/c" && for i in $(seq 20); do printf '%100s' '' > f$i; done; stat -c %s f7"#;
+    let out = output_ok(Command::new("bash").args(["-c", script, "bash"]).arg(&m));
+    assert_eq!(out.trim(), "100", "the size after the write");
+    let after = stats(&m);
+    let d = |k: &str| num(&after, k) - num(&before, k);
+    assert_eq!(d("requests.create"), 20, "{after:?}");
+    // 20 for the dir, 1 for the stat of f7 (written since), a few to spare
+    // for the shell's own path walks; 40 if every create's fstat asked.
+    assert!(
+        d("requests.getattr") <= 24,
+        "GETATTRs: {}",
+        d("requests.getattr")
+    );
+    drop(mnt);
+}
+
 #[test]
 fn stats_count_a_known_workload() {
     let s = Scratch::new("stats");

@@ -78,8 +78,16 @@ impl OvlFuse {
         let r = self.fs.create(&p, name, mode, flags as i32, creds(req));
         let (node, st, fh) = tryr!(reply, r);
         let a = attr(&st);
+        let mut e = self.entry_of(&node, &a);
+        if st.st_size == 0 {
+            // An empty file: nothing changes its attributes behind the
+            // kernel's back before a write, truncate or fallocate, each of
+            // which makes the kernel ask again. So the fstat that stdio
+            // does after an open is answered from the cache.
+            e.attr_ttl = self.ttl;
+        }
         match tryr!(reply, self.start_io(&node, fh, |fd| reply.open_backing(fd))) {
-            Some(io) => reply.created(&self.entry_of(&node, &a), fh, &io),
+            Some(io) => reply.created(&e, fh, &io),
             None => reply.error(libc::ESTALE),
         }
     }
