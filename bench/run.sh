@@ -303,12 +303,14 @@ printf '%-16s' workload
 for k in "${LP[@]:1}"; do printf ' %19s' "$k"; done
 echo
 for w in seq_read read_small deep_read; do
-  declare -A LPM=()
-  for k in "${LP[@]}"; do
-    # At least 5 repeats: one cold read of the quick mode's 64 MiB moves
-    # by half between runs.
-    LPM[$k]=$(for ((i = 0; i < (REPEATS > 5 ? REPEATS : 5); i++)); do run "$k" "$w"; echo; done | grep . | median)
+  # Interleaved, as the main table: the machine's noise comes in spells.
+  # At least 5 repeats: one cold read of the quick mode's 64 MiB moves by
+  # half between runs.
+  declare -A LPR=() LPM=()
+  for ((i = 0; i < (REPEATS > 5 ? REPEATS : 5); i++)); do
+    for k in "${LP[@]}"; do LPR[$k]+="$(run "$k" "$w") "; done
   done
+  for k in "${LP[@]}"; do LPM[$k]=$(tr ' ' '\n' <<< "${LPR[$k]}" | grep . | median); done
   printf '%-16s' "$w"
   for k in "${LP[@]:1}"; do printf ' %19.2f' "$(bc -l <<< "${LPM[$k]} / ${LPM[kernel]}")"; done
   echo
