@@ -8,7 +8,7 @@
 //! inode in, so its names go on as split nodes of the same st_ino.
 
 use std::ffi::{OsStr, OsString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::{DashMap, DashSet};
@@ -25,6 +25,10 @@ pub struct Splits {
     next: AtomicU64,
     /// Retired node ids: no lookup hands them out while their node lives.
     retired: DashSet<u64>,
+    /// Whether any node was ever retired: one load on the hot paths
+    /// (lookup, getattr, read) of mounts that never retire one, where
+    /// DashSet::is_empty would lock every shard.
+    any_retired: AtomicBool,
     /// Held while a split id is picked for a name (name_id).
     naming: parking_lot::Mutex<()>,
 }
@@ -36,6 +40,7 @@ impl Default for Splits {
             siblings: DashMap::new(),
             next: AtomicU64::new(u64::MAX - 1),
             retired: DashSet::new(),
+            any_retired: AtomicBool::new(false),
             naming: parking_lot::Mutex::new(()),
         }
     }
@@ -110,10 +115,11 @@ impl Splits {
     /// Node `ino` is retired: its id leads nowhere new while it lives.
     pub fn retire(&self, ino: u64) {
         self.retired.insert(ino);
+        self.any_retired.store(true, Ordering::Release);
     }
 
     pub fn is_retired(&self, ino: u64) -> bool {
-        !self.retired.is_empty() && self.retired.contains(&ino)
+        self.any_retired.load(Ordering::Acquire) && self.retired.contains(&ino)
     }
 
     /// The id a lookup of (parent, name) gives an object whose id would be
