@@ -17,13 +17,16 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")/.."
+. scripts/lib/quiet.sh
 BIN="$PWD/target/release/ovlfuse"
 T=$(mktemp -d /tmp/ovlfuse-diffbench.XXXXXX)
 cleanup() {
   mountpoint -q "$T/m" && umount "$T/m"
+  page_reporting_restore
   rm -rf "$T"
 }
 trap cleanup EXIT
+page_reporting_off
 mkdir -p "$T/l" "$T/u" "$T/w" "$T/m"
 for ((d = 0; d < FILES / 100; d++)); do
   mkdir "$T/l/d$d"

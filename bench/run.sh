@@ -41,6 +41,7 @@ while [ $# -gt 0 ]; do
 done
 cd "$(dirname "$0")/.."
 . scripts/lib/mount.sh
+. scripts/lib/quiet.sh
 OVL="$PWD/target/release/ovlfuse"
 FOVL=$(command -v fuse-overlayfs || true)
 FOVL2="$PWD/target/fuse-overlayfs-2.0/bin/fuse-overlayfs"
@@ -61,9 +62,11 @@ cleanup() {
     echo "$SAVED_BUF" > "$TR/buffer_size_kb"
     echo "$SAVED_TRACE" > "$TR/tracing_on"
   fi
+  page_reporting_restore
   rm -rf "$T"
 }
 trap cleanup EXIT
+page_reporting_off
 
 # One lower layer: FILES small files in dirs of 100, and a big file.
 L="$T/lower"
@@ -234,6 +237,7 @@ if [ "$RSS_ONLY" = 0 ]; then
   done
 
   echo "files=$FILES dirs=$DIRS big=${MIB}MiB layers=$LAYERS repeats=$REPEATS cores=$(nproc) kernel=$(uname -r)"
+  [ -n "$SAVED_PAGE_REPORTING" ] && echo "free page reporting stopped for the run (page_reporting_order was $SAVED_PAGE_REPORTING)"
   echo "fuse-overlayfs: $($FOVL --version 2>&1 | head -1)${FOVL2:+; $([ -x "$FOVL2" ] && "$FOVL2" --version 2>&1 | head -1)}"
   printf '%-16s' workload
   for k in "${KINDS[@]}"; do printf ' %19s' "$k ms"; done
