@@ -280,6 +280,8 @@ impl OvlFs {
             }
             self.share_index(node, iname, c.st.st_nlink as u32, c.meta);
         }
+        // The copy's ACLs are read afresh (the upper may keep fewer).
+        node.state.write().default_acl = None;
         if !c.meta {
             // A lower metacopy file's data came up with it.
             node.state.write().metacopy = false;

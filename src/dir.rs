@@ -101,7 +101,7 @@ impl OvlFs {
         obj: NewObj,
         c: Creds,
         parent: Option<&Stat>,
-    ) -> Result<()> {
+    ) -> Result<Option<Stat>> {
         let mut st = sys::fstatat(dir, name)?;
         // Made in place with the caller's ids: the kernel applied any setgid.
         let (gid, sgid) = match parent {
@@ -124,7 +124,7 @@ impl OvlFs {
         let mut want = match obj {
             NewObj::Dir(m) => (m & 0o7777) | sgid,
             NewObj::File(m) | NewObj::Special(m, _) => m & 0o7777,
-            NewObj::Symlink(_) => return Ok(()),
+            NewObj::Symlink(_) => return Ok(Some(st)),
         };
         // A default ACL of the dir it was made in (the parent's, or its
         // copy in W/work) set the permission bits (the real filesystem's
@@ -137,12 +137,14 @@ impl OvlFs {
         // chown drops set-id bits; put back what was asked for.
         if st.st_mode & 0o7777 != want {
             sys::fchmodat(dir, name, want)?;
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(st))
     }
 
     /// The owner of a new object (stored ids): its inode, or with
-    /// xattr_permissions the override xattr.
+    /// xattr_permissions the override xattr. Some: its stat, if nothing
+    /// changed it after that was taken (so it need not be taken again).
     fn own_new(
         &self,
         dir: BorrowedFd,
@@ -150,7 +152,7 @@ impl OvlFs {
         obj: NewObj,
         host: Creds,
         parent: Option<&Stat>,
-    ) -> Result<()> {
+    ) -> Result<Option<Stat>> {
         // Symlinks take no user.* xattrs: their owner stays in the inode.
         let (Some(x), false) = (&self.override_xattr, matches!(obj, NewObj::Symlink(_))) else {
             return Self::set_owner(dir, name, obj, host, parent);
@@ -164,7 +166,8 @@ impl OvlFs {
             gid: host.gid,
             mode,
         };
-        Ok(sys::setxattr(dir, name, x, &o.encode(), 0)?)
+        sys::setxattr(dir, name, x, &o.encode(), 0)?;
+        Ok(None)
     }
 
     pub(crate) fn set_opaque(&self, dir: BorrowedFd, name: &CStr) -> Result<()> {
@@ -195,30 +198,35 @@ impl OvlFs {
         let parent_merged = !parent.state.read().lowers.is_empty();
         let over_whiteout = over != Over::Nothing;
         let opaque = dir && (over_whiteout || (parent_merged && !self.cfg.allow_offline_changes()));
+        let mut made = None;
         if over == Over::Device {
             self.create_over_whiteout(&pfd, &cname, obj, c, opaque)?;
         } else {
             Self::make_obj(pfd.as_fd(), &cname, obj)?;
-            let finish = || -> Result<()> {
-                self.own_new(pfd.as_fd(), &cname, obj, c, None)?;
+            let finish = || -> Result<Option<Stat>> {
+                let st = self.own_new(pfd.as_fd(), &cname, obj, c, None)?;
                 if opaque {
                     self.set_opaque(pfd.as_fd(), &cname)?;
+                    return Ok(None);
                 }
-                Ok(())
+                Ok(st)
             };
-            if let Err(e) = finish() {
-                let _ = sys::unlinkat(
-                    pfd.as_fd(),
-                    &cname,
-                    if dir { libc::AT_REMOVEDIR } else { 0 },
-                );
-                return Err(e);
+            match finish() {
+                Ok(st) => made = st,
+                Err(e) => {
+                    let _ = sys::unlinkat(
+                        pfd.as_fd(),
+                        &cname,
+                        if dir { libc::AT_REMOVEDIR } else { 0 },
+                    );
+                    return Err(e);
+                }
             }
             if over == Over::Marker {
                 self.work()?.drop_aufs_whiteout(&pfd, &cname)?;
             }
         }
-        self.intern_new(parent, name, &pfd, &cname)
+        self.intern_new(parent, name, &pfd, &cname, made)
     }
 
     /// Builds `obj` in W/work and moves it over the whiteout (pfd, cname),
@@ -277,8 +285,12 @@ impl OvlFs {
         name: &OsStr,
         pfd: &OwnedFd,
         cname: &CStr,
+        made: Option<Stat>,
     ) -> Result<(Arc<Node>, Stat)> {
-        let mut st = sys::fstatat(pfd.as_fd(), cname)?;
+        let mut st = match made {
+            Some(st) => st,
+            None => sys::fstatat(pfd.as_fd(), cname)?,
+        };
         let ino = self.map_ino(0, &st);
         let found = Found {
             ino,

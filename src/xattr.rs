@@ -1,7 +1,7 @@
 //! Extended attributes as users see them: private overlay names hidden and
 //! refused, user-set `overlay.*` names escaped as the kernel does.
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -9,6 +9,8 @@ use crate::copy_up::CopyUp;
 use crate::node::Node;
 use crate::sys;
 use crate::{Errno, OvlFs, Result};
+
+const DEFAULT_ACL: &CStr = c"system.posix_acl_default";
 
 impl OvlFs {
     pub fn getxattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<Vec<u8>> {
@@ -56,7 +58,9 @@ impl OvlFs {
         }
         let (layer, path) = self.xattr_target(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
-        Ok(layer.setxattr(&path, &stored, value, flags)?)
+        let r = layer.setxattr(&path, &stored, value, flags);
+        Self::xattr_changed(node, name);
+        Ok(r?)
     }
 
     pub fn removexattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<()> {
@@ -72,7 +76,9 @@ impl OvlFs {
         self.getxattr(node, name)?;
         let (layer, path) = self.xattr_target(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
-        Ok(layer.removexattr(&path, &stored)?)
+        let r = layer.removexattr(&path, &stored);
+        Self::xattr_changed(node, name);
+        Ok(r?)
     }
 
     /// Where an xattr change goes: the upper inode, copied up first if
@@ -86,14 +92,30 @@ impl OvlFs {
     }
 
     /// Whether a dir has a default POSIX ACL (its upper, else its lower).
+    /// Every mkdir and create asks it of the parent, so the answer is kept
+    /// in the node: only a set or removal through the mount changes it.
     pub fn has_default_acl(&self, dir: &Node) -> bool {
         let _paths = self.rename_lock.paths();
+        if let Some(v) = dir.state.read().default_acl {
+            return v;
+        }
         let Ok((layer, path)) = self.real(dir) else {
             return false;
         };
-        layer
-            .try_getxattr(&path, c"system.posix_acl_default")
-            .is_ok_and(|v| v.is_some())
+        // Read and kept under the state lock: a change, which forgets the
+        // answer after it is on disk, cannot be overwritten by an older one.
+        let mut s = dir.state.write();
+        match layer.try_getxattr(&path, DEFAULT_ACL) {
+            Ok(v) => *s.default_acl.insert(v.is_some()),
+            Err(_) => false,
+        }
+    }
+
+    /// After a change of `name` on `node`: forget a kept default ACL answer.
+    fn xattr_changed(node: &Node, name: &OsStr) {
+        if name.as_bytes() == DEFAULT_ACL.to_bytes() {
+            node.state.write().default_acl = None;
+        }
     }
 
     /// The bare overlay prefix names nothing: the kernel's xattr handler for

@@ -123,6 +123,9 @@ pub struct NodeState {
     /// Whether this dir's upper holds `.wh.NAME` markers (an upper that
     /// fuse-overlayfs wrote where mknod was refused); None: not looked yet.
     pub upper_markers: Option<bool>,
+    /// Whether this dir has a default POSIX ACL, which decides who applies
+    /// the umask to what is made in it; None: not read yet.
+    pub default_acl: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone)]
