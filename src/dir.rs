@@ -74,21 +74,20 @@ impl OvlFs {
         Ok((path, if device { Over::Device } else { Over::Marker }))
     }
 
-    fn make_obj(dir: BorrowedFd, name: &CStr, obj: NewObj) -> Result<()> {
+    /// Makes `obj`; a file comes with the fd it was made by, opened with
+    /// `open` (the access mode and flags of create(2), whose open keeps it,
+    /// as the kernel's create opens what it made whatever its mode says).
+    fn make_obj(dir: BorrowedFd, name: &CStr, obj: NewObj, open: i32) -> Result<Option<OwnedFd>> {
         match obj {
             NewObj::Dir(mode) => sys::mkdirat(dir, name, mode & 0o7777)?,
             NewObj::File(mode) => {
-                drop(sys::openat(
-                    dir,
-                    name,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                    mode & 0o7777,
-                )?);
+                let flags = open | libc::O_CREAT | libc::O_EXCL;
+                return Ok(Some(sys::openat(dir, name, flags, mode & 0o7777)?));
             }
             NewObj::Special(mode, rdev) => sys::mknodat(dir, name, mode, rdev)?,
             NewObj::Symlink(target) => sys::symlinkat(target, dir, name)?,
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Gives a new object to the caller, keeping the set-id bits asked for.
@@ -175,7 +174,7 @@ impl OvlFs {
         Ok(())
     }
 
-    /// mkdir, mknod, symlink and the create half of create(2).
+    /// mkdir, mknod and symlink.
     pub fn create_object(
         &self,
         parent: &Arc<Node>,
@@ -183,6 +182,19 @@ impl OvlFs {
         obj: NewObj,
         c: Creds,
     ) -> Result<(Arc<Node>, Stat)> {
+        let (node, st, _) = self.create_object_open(parent, name, obj, libc::O_WRONLY, c)?;
+        Ok((node, st))
+    }
+
+    /// create_object that also gives a new file's fd, opened with `open`.
+    pub(crate) fn create_object_open(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        obj: NewObj,
+        open: i32,
+        c: Creds,
+    ) -> Result<(Arc<Node>, Stat, Option<OwnedFd>)> {
         let _paths = self.rename_lock.paths();
         if let NewObj::Special(mode, rdev) = obj {
             // char 0/0 is the whiteout and is reserved.
@@ -198,11 +210,12 @@ impl OvlFs {
         let parent_merged = !parent.state.read().lowers.is_empty();
         let over_whiteout = over != Over::Nothing;
         let opaque = dir && (over_whiteout || (parent_merged && !self.cfg.allow_offline_changes()));
-        let mut made = None;
+        let (made, fd);
         if over == Over::Device {
-            self.create_over_whiteout(&pfd, &cname, obj, c, opaque)?;
+            made = None;
+            fd = self.create_over_whiteout(&pfd, &cname, (obj, open), c, opaque)?;
         } else {
-            Self::make_obj(pfd.as_fd(), &cname, obj)?;
+            fd = Self::make_obj(pfd.as_fd(), &cname, obj, open)?;
             let finish = || -> Result<Option<Stat>> {
                 let st = self.own_new(pfd.as_fd(), &cname, obj, c, None)?;
                 if opaque {
@@ -226,7 +239,8 @@ impl OvlFs {
                 self.work()?.drop_aufs_whiteout(&pfd, &cname)?;
             }
         }
-        self.intern_new(parent, name, &pfd, &cname, made)
+        let (node, st) = self.intern_new(parent, name, &pfd, &cname, made)?;
+        Ok((node, st, fd))
     }
 
     /// Builds `obj` in W/work and moves it over the whiteout (pfd, cname),
@@ -238,16 +252,16 @@ impl OvlFs {
         &self,
         pfd: &OwnedFd,
         cname: &CStr,
-        obj: NewObj,
+        (obj, open): (NewObj, i32),
         c: Creds,
         opaque: bool,
-    ) -> Result<()> {
+    ) -> Result<Option<OwnedFd>> {
         const DEFAULT_ACL: &CStr = c"system.posix_acl_default";
         let wd = self.work()?;
         let (work, tmp) = (wd.fd(), wd.tmp_name());
         let pst = sys::fstatat(pfd.as_fd(), c".")?;
         let acl = sys::getxattr(pfd.as_fd(), c".", DEFAULT_ACL).ok();
-        let build = || -> Result<()> {
+        let build = || -> Result<Option<OwnedFd>> {
             let holder;
             let (dir, name) = match &acl {
                 Some(a) => {
@@ -259,7 +273,7 @@ impl OvlFs {
                 }
                 None => (work.as_fd(), tmp.as_c_str()),
             };
-            Self::make_obj(dir, name, obj)?;
+            let fd = Self::make_obj(dir, name, obj, open)?;
             self.own_new(dir, name, obj, c, Some(&pst))?;
             if opaque {
                 self.set_opaque(dir, name)?;
@@ -274,7 +288,7 @@ impl OvlFs {
             if acl.is_some() {
                 sys::unlinkat(work.as_fd(), &tmp, libc::AT_REMOVEDIR)?;
             }
-            Ok(())
+            Ok(fd)
         };
         build().inspect_err(|_| wd.remove_tmp(&tmp))
     }

@@ -97,11 +97,13 @@ impl OvlFs {
         c: Creds,
     ) -> Result<(Arc<Node>, Stat, u64)> {
         let _paths = self.rename_lock.paths();
-        let (node, st) = self.create_object(parent, name, NewObj::File(mode), c)?;
-        let path = self.path_of(&node)?;
-        let fd = self
-            .upper()?
-            .open_file(&path, real_flags(flags) & !libc::O_TRUNC, 0)?;
+        // The file is new and empty: nothing to truncate.
+        let open = real_flags(flags) & !libc::O_TRUNC;
+        let (node, st, fd) = self.create_object_open(parent, name, NewObj::File(mode), open, c)?;
+        let fd = match fd {
+            Some(fd) => fd,
+            None => self.upper()?.open_file(&self.path_of(&node)?, open, 0)?,
+        };
         let fh = self.add_file(&node, fd, flags);
         Ok((node, st, fh))
     }
@@ -172,7 +174,7 @@ impl OvlFs {
     /// passthrough): data already in the upper layer, any file of a
     /// read-only overlay, and with `lower_passthrough` a lower file opened
     /// for reading (after a copy-up, `retire` gives its names a new inode).
-    pub fn passthrough_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
+    pub fn passthrough_fd(&self, fh: u64) -> Option<(Arc<OwnedFd>, (u64, u64))> {
         let f = self.file(fh).ok()?;
         if f.may_be_setid() {
             return None;
@@ -186,7 +188,10 @@ impl OvlFs {
         } else {
             self.cfg.lower_passthrough && !f.writable() && !crate::node::is_split_id(f.node.ino)
         };
-        stable.then(|| f.fd())
+        if !stable {
+            return None;
+        }
+        Some((f.fd(), f.file_id()?))
     }
 
     /// `node`'s passthrough readers hold its lower file, which a copy-up

@@ -4,7 +4,7 @@
 //! readdir.rs.
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -27,6 +27,9 @@ pub struct OpenFile {
     /// For a writable open: the real file's mtime then, to tell at release
     /// whether the kernel's cached times may be stale (Node::writers).
     mtime_at_open: (i64, i64),
+    /// (st_dev, st_ino) of the real file, where it was read at open (a
+    /// writable open, whose fd never changes): passthrough needs it.
+    file_id: Option<(u64, u64)>,
 }
 
 impl OpenFile {
@@ -49,6 +52,7 @@ impl OpenFile {
                 st.is_some_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0),
             ),
             mtime_at_open: st.map_or((0, 0), |st| (st.st_mtime, st.st_mtime_nsec)),
+            file_id: st.map(|st| (st.st_dev, st.st_ino)),
         };
         if f.writable() {
             f.node.writers.fetch_add(1, Ordering::AcqRel);
@@ -80,6 +84,15 @@ impl OpenFile {
 
     pub fn mtime_at_open(&self) -> (i64, i64) {
         self.mtime_at_open
+    }
+
+    /// The real file's (st_dev, st_ino): kept from the open, else read now.
+    pub fn file_id(&self) -> Option<(u64, u64)> {
+        self.file_id.or_else(|| {
+            crate::sys::fstat(self.fd().as_fd())
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino))
+        })
     }
 
     pub fn may_be_setid(&self) -> bool {

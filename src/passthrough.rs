@@ -6,11 +6,10 @@
 //! a backing id of the file it no longer is.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::sys;
 use crate::wire::{BackingId, OpenIo};
 use dashmap::DashMap;
 use log::info;
@@ -48,7 +47,8 @@ impl Passthrough {
     }
 
     /// Picks the I/O mode of a new open `fh` of `ino`, whose real file may
-    /// be passed through if `fd` is given, and registers it. None: the
+    /// be passed through if `fd` (with the file's st_dev and st_ino) is
+    /// given, and registers it. None: the
     /// inode's passthrough opens hold a backing file that is not this
     /// open's file (a lower file, copied up since), and the kernel would
     /// fail the open (EIO); the caller gives the name a new inode.
@@ -56,14 +56,10 @@ impl Passthrough {
         &self,
         ino: u64,
         fh: u64,
-        fd: Option<Arc<OwnedFd>>,
+        fd: Option<(Arc<OwnedFd>, (u64, u64))>,
         register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
     ) -> Option<OpenIo> {
-        let fd = fd.filter(|_| self.enabled());
-        let file = fd
-            .as_ref()
-            .and_then(|f| sys::fstat(f.as_fd()).ok())
-            .map(|st| (st.st_dev, st.st_ino));
+        let (fd, file) = fd.filter(|_| self.enabled()).unzip();
         let mut io = self.io.entry(ino).or_default();
         if let Some(b) = io.backing.as_mut() {
             // Passthrough opens of the inode hold a backing file: only the
@@ -123,8 +119,11 @@ impl Passthrough {
 mod tests {
     use super::*;
 
-    fn fd_of(p: &std::path::Path) -> Arc<OwnedFd> {
-        Arc::new(std::fs::File::open(p).unwrap().into())
+    fn fd_of(p: &std::path::Path) -> (Arc<OwnedFd>, (u64, u64)) {
+        let st = std::fs::metadata(p).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let fd = Arc::new(std::fs::File::open(p).unwrap().into());
+        (fd, (st.dev(), st.ino()))
     }
 
     #[test]
@@ -134,7 +133,7 @@ mod tests {
         let (a, b) = (dir.join("a"), dir.join("b"));
         std::fs::write(&a, b"a").unwrap();
         std::fs::write(&b, b"b").unwrap();
-        let dev: Arc<OwnedFd> = fd_of(std::path::Path::new("/dev/null"));
+        let dev: Arc<OwnedFd> = fd_of(std::path::Path::new("/dev/null")).0;
         let reg = |_: &OwnedFd| Ok(BackingId::new(7, dev.clone()));
         let pt = Passthrough::default();
         pt.enable();
