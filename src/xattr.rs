@@ -16,12 +16,28 @@ impl OvlFs {
     pub fn getxattr(&self, node: &Arc<Node>, name: &OsStr) -> Result<Vec<u8>> {
         let _paths = self.rename_lock.paths();
         self.check_xattr_name(name)?;
-        if self.hidden_xattr(name) || self.cfg.noxattrs {
+        if self.hidden_xattr(name) || self.cfg.noxattrs || self.lower_has_none(node) {
             return Err(Errno::ENODATA);
         }
         let (layer, path) = self.real(node)?;
+        if !node.has_upper() && layer.idx != 0 && node.state.read().lower_xattrs.is_none() {
+            // One listxattr answers every later ask of an xattr-less file.
+            if let Ok(names) = layer.listxattr(&path) {
+                node.state.write().lower_xattrs = Some(!names.is_empty());
+                if names.is_empty() {
+                    return Err(Errno::ENODATA);
+                }
+            }
+        }
         let stored = sys::cstr(&self.xn.escape(name))?;
         Ok(layer.getxattr(&path, &stored)?)
+    }
+
+    /// A lower object known to have no xattrs: its layer never changes,
+    /// and a copy-up (which any change of its xattrs makes first) ends it.
+    /// `ls -l` asks two xattrs of every file, which most image files lack.
+    fn lower_has_none(&self, node: &Node) -> bool {
+        !node.has_upper() && node.state.read().lower_xattrs == Some(false) && !self.is_retired(node)
     }
 
     /// NUL-separated list of the names a user sees.
@@ -30,9 +46,16 @@ impl OvlFs {
         if self.cfg.noxattrs {
             return Ok(Vec::new());
         }
+        if self.lower_has_none(node) {
+            return Ok(Vec::new());
+        }
         let (layer, path) = self.real(node)?;
         let mut out = Vec::new();
-        for n in layer.listxattr(&path)? {
+        let names = layer.listxattr(&path)?;
+        if !node.has_upper() && layer.idx != 0 {
+            node.state.write().lower_xattrs = Some(!names.is_empty());
+        }
+        for n in names {
             if self.hidden_xattr(&n) {
                 continue;
             }

@@ -130,6 +130,23 @@ fn copy_up_on_write_keeps_metadata_and_open_readers() {
         append(&m.join("xat"), b"x").unwrap();
         get_xattr(&m.join("xat"), "user.test")
     });
+    // Asked of a lower file with none, then set (ovlfuse keeps whether a
+    // lower file has xattrs until its copy-up).
+    p.both("xattrs of a lower file, then set", |m| {
+        let z = m.join("a/sub/z");
+        let before = (
+            get_xattr(&z, "security.selinux"),
+            get_xattr(&z, "user.k"),
+            list_xattr(&z),
+        );
+        set_xattr(&z, "user.k", b"v");
+        (
+            before,
+            get_xattr(&z, "user.k"),
+            list_xattr(&z),
+            get_xattr(&z, "user.j"),
+        )
+    });
     p.both("O_TRUNC", |m| {
         fs::write(m.join("top"), b"new").unwrap();
         read(&m.join("top"))
@@ -141,6 +158,17 @@ fn copy_up_on_write_keeps_metadata_and_open_readers() {
 #[test]
 fn hard_link_writes_show_through_every_name() {
     let p = Pair::new("redirect_dir=off,index=on", "redirect_dir=off,index=on");
+    p.both("xattr set via hard1, asked of both before and after", |m| {
+        let ask = || {
+            (
+                get_xattr(&m.join("hard1"), "user.h"),
+                get_xattr(&m.join("hard2"), "user.h"),
+            )
+        };
+        let before = ask();
+        set_xattr(&m.join("hard1"), "user.h", b"1");
+        (before, ask())
+    });
     p.both("append via hard1", |m| {
         append(&m.join("hard1"), b"appended\n").unwrap();
         (read(&m.join("hard1")), read(&m.join("hard2")))

@@ -126,6 +126,9 @@ pub struct NodeState {
     /// Whether this dir has a default POSIX ACL, which decides who applies
     /// the umask to what is made in it; None: not read yet.
     pub default_acl: Option<bool>,
+    /// While the object is only in a lower layer (which never changes):
+    /// whether it has any xattrs; None: not read yet.
+    pub lower_xattrs: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone)]
