@@ -50,6 +50,9 @@ pub struct OvlFs {
     pub inval_entry_later: std::sync::OnceLock<InvalEntry>,
     /// Keeps path resolution and rename commits apart.
     pub rename_lock: crate::rename_lock::RenameLock,
+    /// Counts changes of default ACLs through the mount (xattr.rs), so
+    /// that an answer read before one is not kept after it.
+    pub(crate) acl_changes: std::sync::atomic::AtomicU64,
 }
 
 /// The upper half of a writable mount.
@@ -136,6 +139,7 @@ impl OvlFs {
             inval_attr: std::sync::OnceLock::new(),
             inval_entry_later: std::sync::OnceLock::new(),
             rename_lock: Default::default(),
+            acl_changes: Default::default(),
         })
     }
 

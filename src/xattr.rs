@@ -3,6 +3,7 @@
 
 use std::ffi::{CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::copy_up::CopyUp;
@@ -82,7 +83,7 @@ impl OvlFs {
         let (layer, path) = self.xattr_target(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
         let r = layer.setxattr(&path, &stored, value, flags);
-        Self::xattr_changed(node, name);
+        self.xattr_changed(node, name);
         Ok(r?)
     }
 
@@ -100,7 +101,7 @@ impl OvlFs {
         let (layer, path) = self.xattr_target(node)?;
         let stored = sys::cstr(&self.xn.escape(name))?;
         let r = layer.removexattr(&path, &stored);
-        Self::xattr_changed(node, name);
+        self.xattr_changed(node, name);
         Ok(r?)
     }
 
@@ -125,18 +126,24 @@ impl OvlFs {
         let Ok((layer, path)) = self.real(dir) else {
             return false;
         };
-        // Read and kept under the state lock: a change, which forgets the
-        // answer after it is on disk, cannot be overwritten by an older one.
+        // Kept only if no default ACL changed while it was read: a change
+        // counts after it is on disk and forgets the answer after that, so
+        // an older answer is never kept (and no lock is held over the read).
+        let seen = self.acl_changes.load(Ordering::Acquire);
+        let Ok(v) = layer.try_getxattr(&path, DEFAULT_ACL) else {
+            return false;
+        };
         let mut s = dir.state.write();
-        match layer.try_getxattr(&path, DEFAULT_ACL) {
-            Ok(v) => *s.default_acl.insert(v.is_some()),
-            Err(_) => false,
+        if self.acl_changes.load(Ordering::Acquire) == seen {
+            s.default_acl = Some(v.is_some());
         }
+        v.is_some()
     }
 
     /// After a change of `name` on `node`: forget a kept default ACL answer.
-    fn xattr_changed(node: &Node, name: &OsStr) {
+    fn xattr_changed(&self, node: &Node, name: &OsStr) {
         if name.as_bytes() == DEFAULT_ACL.to_bytes() {
+            self.acl_changes.fetch_add(1, Ordering::AcqRel);
             node.state.write().default_acl = None;
         }
     }
